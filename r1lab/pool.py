@@ -1,0 +1,260 @@
+"""The rank-1 expert pool: one LoRA on one frozen linear, read as r rank-1 experts.
+
+Decomposition (METHOD.md sec. 1). With B in R^{d_out x r} and A in R^{r x d_in},
+
+    B A = sum_{i=1..r} b_i a_i^T,      b_i = B[:, i],  a_i^T = A[i, :]
+
+so expert i is the rank-1 matrix b_i a_i^T. A fresh pool is made for every task.
+
+Training forward (sec. 3-5), for a batch x of shape (N, L, d_in):
+
+    x~      = dropout(x)                          # LoRA branch only
+    p       = softmax(R x~[:, 0])                 # router on token 0 ([CLS] / start-of-text)
+    E_n     = TopK_k(p_n)                         # per-sample choice
+    c_i     = sum_n 1[i in E_n]                   # per-sample hits (the vote)
+    S       = TopK_k(c)                           # one set of k experts for the batch
+    y       = W0 x + b + s * B[:, S] A[S, :] x~   # hard 0/1 mask, experts not weighted by p
+    counts += c                                   # training only
+
+Because nothing in y depends on p, the router gets no gradient and stays a fixed random
+projection ("frozen", the authors' code). ``router="gate"`` or ``"ste"`` make it learnable.
+
+End of task (sec. 6): T = TopK_m(counts); W0 <- W0 + s * B[:, T] A[T, :]; then a fresh pool.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import DACConfig
+
+
+@dataclass
+class Route:
+    """What one forward pass of a pool chose; read by diagnostics, no hooks needed.
+
+    scores:   (N, r) softmax router scores p
+    chosen:   (N, k) per-sample top-k expert indices E_n
+    hits:     (r,)   per-sample hits c (the batch vote)
+    active:   (k,)   the batch's active set S (selection="batch"), else None
+    mask:     (N, r) 0/1 mask actually applied to each sample
+    """
+    scores: torch.Tensor
+    chosen: torch.Tensor
+    hits: torch.Tensor
+    active: Optional[torch.Tensor]
+    mask: torch.Tensor
+
+
+class RouteToken:
+    """Which token a tower's routers read. ``index=None`` means token 0 ([CLS] or
+    start-of-text); otherwise a (N,) tensor of positions (the end-of-text token)."""
+
+    def __init__(self):
+        self.index: Optional[torch.Tensor] = None
+
+
+class ExpertPoolLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a pool of ``rank`` rank-1 experts and their router.
+
+    Attributes read by notebooks and diagnostics:
+        base     the frozen linear (W0, b); merged experts are folded into it
+        A        (rank, d_in)  expert input directions a_i^T
+        B        (d_out, rank) expert output directions b_i (zero at the start of a task)
+        router   linear d_in -> rank with bias
+        counts   (rank,) per-sample hits accumulated over this task's training forwards
+        last     the ``Route`` of the latest forward (None before any, or when disabled)
+        past_B   (d_out, P) B columns of earlier tasks, the constants of the AGO loss
+        merged_A, merged_B  factors of every merge so far, in order: replaying them onto the
+                 original W0 reproduces the merged weight exactly (small checkpoints)
+    """
+
+    def __init__(self, base: nn.Linear, cfg: DACConfig, route_token: Optional[RouteToken] = None):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"ExpertPoolLinear wraps an nn.Linear, got {type(base).__name__}")
+        self.cfg = cfg
+        self.rank, self.top_k, self.merge_k = cfg.rank, cfg.top_k, cfg.merge_k
+        self.scale = cfg.scale
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        d_out, d_in = base.weight.shape
+        dev, dt = base.weight.device, base.weight.dtype
+        self.A = nn.Parameter(torch.empty(self.rank, d_in, device=dev, dtype=dt))
+        self.B = nn.Parameter(torch.zeros(d_out, self.rank, device=dev, dtype=dt))
+        self.router = nn.Linear(d_in, self.rank, bias=True, device=dev, dtype=dt)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.route_token = route_token
+        self.register_buffer("counts", torch.zeros(self.rank, dtype=torch.long, device=dev))
+        self.register_buffer("past_B", torch.zeros(d_out, 0, device=dev, dtype=dt))
+        self.register_buffer("merged_A", torch.zeros(0, d_in, device=dev, dtype=dt))
+        self.register_buffer("merged_B", torch.zeros(d_out, 0, device=dev, dtype=dt))
+        self.enabled = True   # False: forward is the base linear only
+        self.last: Optional[Route] = None
+        self.reset()
+
+    # ------------------------------------------------------------------ pool life cycle
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """A fresh pool (METHOD.md sec. 2): A Kaiming-uniform(a=sqrt 5), B = 0 so that
+        Delta W = B A = 0 and the adapted layer equals the base layer, a new random router,
+        zero counts. Uses the global torch RNG: seed before calling for reproducibility."""
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B.zero_()
+        self.router.reset_parameters()
+        self.router.requires_grad_(self.cfg.router != "frozen")
+        self.counts.zero_()
+        self.last = None
+
+    def delta_weight(self, experts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Delta W = s * B[:, E] A[E, :] (all experts when ``experts`` is None)."""
+        if experts is None:
+            return self.scale * (self.B @ self.A)
+        experts = torch.as_tensor(experts, device=self.A.device, dtype=torch.long)
+        return self.scale * (self.B[:, experts] @ self.A[experts, :])
+
+    def expert(self, i: int) -> torch.Tensor:
+        """The rank-1 matrix s * b_i a_i^T of expert i."""
+        return self.scale * torch.outer(self.B[:, i], self.A[i])
+
+    def critical(self, m: Optional[int] = None) -> torch.Tensor:
+        """T = TopK_m(counts): this task's most used experts (sorted by index)."""
+        m = self.merge_k if m is None else m
+        if m >= self.rank:
+            return torch.arange(self.rank, device=self.counts.device)
+        # stable tie-break: among equal counts the lower index wins
+        order = torch.argsort(self.counts, descending=True, stable=True)
+        return order[:m].sort().values
+
+    @torch.no_grad()
+    def end_task(self) -> torch.Tensor:
+        """Merge the top-m experts into W0, keep what AGO needs, start a fresh pool.
+
+        W0 <- W0 + s * B[:, T] A[T, :]  with T = TopK_m(counts)      (METHOD.md sec. 6)
+        AGO's past columns: all r columns of B ("all", code) or B[:, T] ("merged", paper).
+        Returns T.
+        """
+        T = self.critical()
+        B_T, A_T = self.B[:, T].clone(), self.A[T, :].clone()
+        self._fold(B_T, A_T)
+        self.merged_B = torch.cat([self.merged_B, B_T], dim=1)
+        self.merged_A = torch.cat([self.merged_A, A_T], dim=0)
+        keep = self.B.detach().clone() if self.cfg.ago_past == "all" else B_T
+        self.past_B = torch.cat([self.past_B, keep], dim=1)
+        self.reset()
+        return T
+
+    @torch.no_grad()
+    def _fold(self, B_T: torch.Tensor, A_T: torch.Tensor) -> None:
+        self.base.weight.add_(self.scale * (B_T @ A_T))
+
+    # ------------------------------------------------------------------ adapter state
+    def adapter_state(self) -> dict:
+        """Everything but the frozen base weights: small enough to checkpoint every task."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()
+                if not k.startswith("base.")}
+
+    @torch.no_grad()
+    def load_adapter_state(self, state: dict, replay_merges: bool = True) -> None:
+        """Load ``adapter_state()``. With ``replay_merges`` the stored merge factors are
+        folded into the (original, unmerged) base weight in order, which reproduces the
+        merged W0 bit for bit."""
+        for name in ("past_B", "merged_A", "merged_B"):
+            setattr(self, name, state[name].to(self.A.device, self.A.dtype).clone())
+        own = {k: v for k, v in state.items() if k not in ("past_B", "merged_A", "merged_B")}
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        missing = [k for k in missing if not k.startswith("base.")
+                   and k not in ("past_B", "merged_A", "merged_B")]
+        if missing or unexpected:
+            raise KeyError(f"adapter state mismatch: missing {missing}, unexpected {unexpected}")
+        if replay_merges:
+            start = 0
+            # every merge has merge_k columns, except merge_k >= rank which merges all r
+            m = min(self.merge_k, self.rank)
+            while start < self.merged_B.shape[1]:
+                self._fold(self.merged_B[:, start:start + m], self.merged_A[start:start + m])
+                start += m
+
+    # ------------------------------------------------------------------ routing
+    def route(self, h: torch.Tensor) -> Route:
+        """Sec. 3-4: scores, per-sample top-k, batch vote, mask. h: (N, d_in) routing token."""
+        N, r, k = h.shape[0], self.rank, self.top_k
+        if k == r:  # plain LoRA: every expert active, nothing to choose
+            ones = torch.ones(N, r, device=h.device, dtype=h.dtype)
+            chosen = torch.arange(r, device=h.device).expand(N, r)
+            return Route(scores=ones / r, chosen=chosen,
+                         hits=torch.full((r,), N, device=h.device, dtype=torch.long),
+                         active=torch.arange(r, device=h.device), mask=ones)
+        scores = torch.softmax(self.router(h), dim=-1)                     # (N, r)
+        chosen = scores.topk(k, dim=-1).indices                             # (N, k)
+        per_sample = torch.zeros(N, r, device=h.device, dtype=h.dtype)
+        per_sample.scatter_(1, chosen, 1.0)
+        hits = per_sample.sum(0).round().long()                             # (r,)
+        if self.cfg.selection == "batch":
+            # one set for the batch; ties broken toward the lower index
+            active = torch.argsort(hits, descending=True, stable=True)[:k].sort().values
+            mask = torch.zeros(r, device=h.device, dtype=h.dtype)
+            mask[active] = 1.0
+            mask = mask.expand(N, r)
+        else:
+            active, mask = None, per_sample
+        return Route(scores=scores, chosen=chosen, hits=hits, active=active, mask=mask)
+
+    def _routing_token(self, x: torch.Tensor) -> torch.Tensor:
+        idx = None if self.route_token is None else self.route_token.index
+        if idx is None or x.dim() == 2:
+            return x[:, 0] if x.dim() == 3 else x
+        return x[torch.arange(x.shape[0], device=x.device), idx.to(x.device)]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if not self.enabled:
+            self.last = None
+            return y
+        xd = self.drop(x)
+        dense = self.top_k == self.rank
+        rt = self.route(self._routing_token(xd))
+        self.last = rt
+        if self.training:
+            with torch.no_grad():
+                self.counts += rt.hits
+        if dense:
+            return y + self.scale * F.linear(F.linear(xd, self.A), self.B)
+        if rt.active is not None and self.cfg.router == "frozen":
+            S = rt.active   # gather only the k active experts: gradient reaches only them
+            return y + self.scale * F.linear(F.linear(xd, self.A[S]), self.B[:, S])
+        w = self._expert_weights(rt)                                        # (N, r)
+        z = F.linear(xd, self.A)                                            # (N, L, r)
+        z = z * (w.unsqueeze(1) if z.dim() == 3 else w)
+        return y + self.scale * F.linear(z, self.B)
+
+    def _expert_weights(self, rt: Route) -> torch.Tensor:
+        """Per-sample expert weights: the hard mask, or a learnable variant of it."""
+        if self.cfg.router == "frozen":
+            return rt.mask
+        if self.cfg.router == "ste":
+            # straight-through: forward value is the hard mask, gradient reaches p
+            return rt.mask + rt.scores - rt.scores.detach()
+        # "gate": renormalised gate over the active experts, mean weight 1 on the active set
+        g = rt.mask * rt.scores
+        return g / g.sum(-1, keepdim=True).clamp_min(1e-12) * rt.mask.sum(-1, keepdim=True)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+                f"top_k={self.top_k}, merge_k={self.merge_k}, s={self.scale:.4g}, "
+                f"router={self.cfg.router}, past_cols={self.past_B.shape[1]}")
