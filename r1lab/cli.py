@@ -1,0 +1,142 @@
+"""Command line: ``python -m r1lab {compare,run,summary,zeroshot} --help``.
+
+    python -m r1lab compare                  DAC vs plain LoRA on the bundled offline world
+    python -m r1lab run --method dac --out runs/dac      one run (resumes when --out exists)
+    python -m r1lab summary runs/dac runs/lora            metrics of finished runs
+    python -m r1lab zeroshot                              zero-shot accuracy per dataset
+    python -m r1lab run --benchmark mtil --order I --data-root /data --model ViT-B-16-quickgelu \\
+        --pretrained openai --preset paper --device cuda --out runs/mtil-order1
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+from .config import METHODS, DACConfig
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", default="world", choices=("world", "mtil", "xtail"),
+                   help="world: generated offline default; mtil / xtail: local dataset folders")
+    p.add_argument("--data-root", default=None, help="folder holding the MTIL datasets (data/README.md)")
+    p.add_argument("--order", default=None, help="MTIL order I or II; for world, comma-separated domains")
+    p.add_argument("--model", default="tiny", help="'tiny' (bundled) or an open_clip name, e.g. ViT-B-16-quickgelu")
+    p.add_argument("--pretrained", default=None, help="open_clip tag ('openai', needs internet) or a local weights file")
+    p.add_argument("--preset", default=None, choices=("world", "paper", "tiny"),
+                   help="configuration preset (default: world for the world benchmark, paper otherwise)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a DACConfig field, e.g. --set iterations=200 --set lr=2e-3")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args) -> DACConfig:
+    from .experiment import preset
+    name = args.preset or ("world" if args.benchmark == "world" else "paper")
+    cfg = preset(name, args.benchmark, args.order if args.order in ("I", "II", "1", "2") else "I")
+    changes = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            changes[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            changes[k] = v
+    try:
+        return cfg.replace(**changes)
+    except TypeError as e:
+        raise SystemExit(f"--set: {e}; fields are {sorted(cfg.to_dict())}")
+
+
+def cmd_compare(args) -> int:
+    from .experiment import compare
+    cfg = _config(args)
+    comp = compare(args.methods, args.seeds, args.benchmark, cfg, args.model, args.pretrained,
+                   args.out, args.device, not args.quiet, args.data_root, args.order)
+    print()
+    print(f"{args.benchmark}: {', '.join(args.methods)} over seeds {args.seeds} "
+          f"(lr {cfg.lr:g}, {cfg.iterations} it/task, {cfg.shots} shots)")
+    print(comp.table())
+    if args.out:
+        print(f"\nrun folders: {args.out}/<method>-seed<seed>  (python -m r1lab summary ...)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .experiment import make_benchmark
+    from .metrics import format_table
+    from .models import load_clip
+    from .run import run_stream
+    cfg = _config(args)
+    bm = make_benchmark(args.benchmark, data_root=args.data_root, order=args.order)
+    if not args.quiet:
+        print(bm.describe())
+    res = run_stream(bm, load_clip(args.model, args.pretrained, args.device), cfg, args.method,
+                     args.out, resume=not args.no_resume, device=args.device,
+                     progress=not args.quiet, zeroshot_row=args.zeroshot_row)
+    print(format_table(res.accuracy, res.task_names))
+    print(res.summary())
+    if args.out:
+        print(f"written to {args.out}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .metrics import format_table
+    from .run import load_run
+    for d in args.runs:
+        res = load_run(d)
+        print(f"== {d}")
+        print(format_table(res.accuracy, res.task_names))
+        print(res.summary())
+        print()
+    return 0
+
+
+def cmd_zeroshot(args) -> int:
+    from .evaluate import zeroshot_table
+    from .experiment import make_benchmark
+    from .models import load_clip
+    bm = make_benchmark(args.benchmark, data_root=args.data_root, order=args.order)
+    b = load_clip(args.model, args.pretrained, args.device)
+    for name, acc in zeroshot_table(b.model, b.tokenizer, bm, args.device).items():
+        print(f"{name:<16}{acc:6.1f}  (chance {100 / bm[name].num_classes:.1f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m r1lab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("compare", help="several methods x seeds, mean and spread side by side")
+    _common(p)
+    p.add_argument("--methods", nargs="+", default=["dac", "lora"], choices=METHODS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--out", default="runs/compare", help="parent folder of the run folders")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("run", help="one method over one benchmark stream (resumable)")
+    _common(p)
+    p.add_argument("--method", default="dac", choices=METHODS)
+    p.add_argument("--out", default=None, help="run folder; an existing one is resumed")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
+    p.add_argument("--zeroshot-row", action="store_true", help="also evaluate the untrained model first")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("summary", help="print the metrics of finished run folders")
+    p.add_argument("runs", nargs="+")
+    p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("zeroshot", help="zero-shot accuracy per dataset")
+    _common(p)
+    p.set_defaults(func=cmd_zeroshot)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

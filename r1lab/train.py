@@ -1,0 +1,115 @@
+"""Training one task (METHOD.md sec. 7-9).
+
+Task loss, per mini-batch of N (image, label) pairs. With unit-norm image features v_j and
+text features u_i of template(classname(y_i)) (one template drawn once per task):
+
+    logits_ij = exp(logit_scale) * u_i^T v_j            CLIP's own frozen scale
+    T_ij      = 1[y_i = y_j] / sum_k 1[y_i = y_k]        soft targets: same label = positive
+    L_task    = ( CE(logits, T) + CE(logits^T, T^T) ) / 2
+
+Total loss: L = L_task + lambda * L_AGO for tasks 2 onward, L = L_task for the first.
+Optimiser: AdamW on the pools' trainable parameters, cosine decay from lr to lr_min over the
+task's iterations with no warm-up; batches drawn from seeded shuffled epochs, drop_last.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from .ago import ago_loss
+from .benchmark import Task
+from .config import DACConfig
+from .poolset import PoolSet
+
+
+def soft_targets(labels: torch.Tensor) -> torch.Tensor:
+    """T_ij = 1[y_i = y_j] / sum_k 1[y_i = y_k] (each row sums to 1)."""
+    same = (labels[:, None] == labels[None, :]).float()
+    return same / same.sum(1, keepdim=True)
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                     labels: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric in-batch contrastive loss with soft targets (METHOD.md sec. 8).
+    Features must be L2-normalised; ``logit_scale`` is the log scale (exp is applied)."""
+    logits = logit_scale.exp() * text_features @ image_features.T      # (N, N): text i, image j
+    T = soft_targets(labels)
+    loss_t = torch.sum(-T * F.log_softmax(logits, dim=1), dim=1).mean()
+    loss_i = torch.sum(-T.T * F.log_softmax(logits.T, dim=1), dim=1).mean()
+    return (loss_t + loss_i) / 2
+
+
+@dataclass
+class TaskLog:
+    """What training one task produced (read by notebooks and saved in the run folder)."""
+    task: str
+    template: str
+    lr: float
+    loss: List[float] = field(default_factory=list)        # total loss per step
+    task_loss: List[float] = field(default_factory=list)
+    ago: List[float] = field(default_factory=list)         # unweighted L_AGO per step
+    seconds: float = 0.0
+
+
+def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
+    """Indices of ``steps`` mini-batches from seeded shuffled epochs (drop_last; a set smaller
+    than one batch is used whole)."""
+    bs = min(batch_size, n)
+    done = 0
+    while done < steps:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - bs + 1, bs):
+            yield perm[i:i + bs]
+            done += 1
+            if done == steps:
+                return
+
+
+def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset,
+               cfg: DACConfig, task_index: int, device="cpu", progress: bool = True,
+               on_step: Optional[Callable[[int, float], None]] = None) -> TaskLog:
+    """Train the pools on one task's (few-shot) data; the caller seeds, resets the pools
+    before and merges after (see ``run.py``)."""
+    import time
+    t0 = time.time()
+    seed = cfg.seed + 1000 * task_index
+    template = random.Random(seed).choice(task.templates)
+    class_tokens = tokenizer([template.format(c) for c in task.classnames]).to(device)
+    images, labels = data.tensors
+    gen = torch.Generator().manual_seed(seed)
+    params = pools.trainable_parameters()
+    lr = cfg.lr_for_task(task_index)
+    opt = torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations, eta_min=cfg.lr_min)
+    use_ago = task_index > 0 and cfg.ago_weight > 0
+    logit_scale = model.logit_scale.detach()
+    log = TaskLog(task=task.name, template=template, lr=lr)
+    model.train()
+    steps = _batches(len(labels), cfg.batch_size, cfg.iterations, gen)
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, total=cfg.iterations, desc=f"train {task.name}", leave=False)
+    for step, idx in enumerate(steps):
+        x, y = images[idx].to(device), labels[idx].to(device)
+        v = F.normalize(model.encode_image(x), dim=-1)
+        u = F.normalize(model.encode_text(class_tokens[y]), dim=-1)
+        l_task = contrastive_loss(v, u, y, logit_scale)
+        l_ago = ago_loss(pools.values(), cfg.ago_form) if use_ago else l_task.new_zeros(())
+        loss = l_task + cfg.ago_weight * l_ago if use_ago else l_task
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        log.loss.append(loss.item())
+        log.task_loss.append(l_task.item())
+        log.ago.append(l_ago.item())
+        if on_step is not None:
+            on_step(step, loss.item())
+    model.eval()
+    log.seconds = time.time() - t0
+    return log
