@@ -82,3 +82,33 @@ def count_parameters(pools: PoolSet, model: nn.Module) -> ParamCount:
                    for p in (pool.A, pool.B, *pool.router.parameters())}
     base = sum(p.numel() for p in model.parameters() if id(p) not in adapter_ids)
     return ParamCount(towers=towers, model_total=base)
+
+
+def pool_shapes(pools: PoolSet) -> list:
+    """[(tower, d_in, d_out)] of every pool: enough to count any rank without a model."""
+    return [(pools.tower_of(n), p.in_features, p.out_features) for n, p in pools.items()]
+
+
+def count_for_rank(shapes: list, rank: int) -> Dict[str, TowerCount]:
+    """Per-tower counts for pools of ``rank`` on these shapes: A+B = r (d_in + d_out),
+    router = r d_in + r."""
+    out: Dict[str, TowerCount] = {}
+    for tower, d_in, d_out in shapes:
+        t = out.setdefault(tower, TowerCount(0, 0, 0))
+        t.pools += 1
+        t.lora += rank * (d_in + d_out)
+        t.router += rank * d_in + rank
+    return out
+
+
+# The 144 pool shapes of the paper preset on CLIP ViT-B/16 (both towers, 12 blocks, q/k/v/o,
+# c_fc, c_proj): derived from the architecture, so notebooks can count without building it.
+def vit_b16_shapes() -> list:
+    shapes = []
+    for tower, d in (("image", 768), ("text", 512)):
+        for _ in range(12):
+            shapes += [(tower, d, d)] * 4 + [(tower, d, 4 * d), (tower, 4 * d, d)]
+    return shapes
+
+
+VIT_B16_PARAMS = 149_620_737   # every parameter of CLIP ViT-B/16 (open_clip ViT-B-16-quickgelu)

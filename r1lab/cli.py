@@ -29,6 +29,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a DACConfig field, e.g. --set iterations=200 --set lr=2e-3")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
+    p.add_argument("--workers", type=int, default=0, help="data-loader workers for caching and evaluation")
+    p.add_argument("--bf16", action="store_true", help="evaluate under bf16 autocast (GPU; fp32 is the default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -76,7 +78,8 @@ def cmd_run(args) -> int:
         print(bm.describe())
     res = run_stream(bm, load_clip(args.model, args.pretrained, args.device), cfg, args.method,
                      args.out, resume=not args.no_resume, device=args.device,
-                     progress=not args.quiet, zeroshot_row=args.zeroshot_row)
+                     progress=not args.quiet, zeroshot_row=args.zeroshot_row,
+                     num_workers=args.workers, eval_bf16=args.bf16)
     print(format_table(res.accuracy, res.task_names))
     print(res.summary())
     if args.out:

@@ -105,7 +105,8 @@ def accuracy_row(model, tokenizer, benchmark: Benchmark, device="cpu", batch_siz
         offsets = np.cumsum([0] + [t.num_classes for t in benchmark.tasks[:-1]]).tolist()
     row = []
     for j in _tqdm(idx, progress, desc="evaluate", leave=False):
-        feats, labels = encode_images(model, test_sets[j], device, batch_size, **kw)
+        feats, labels = encode_images(model, test_sets[j], device, batch_size,
+                                      desc=benchmark.tasks[j].name, **kw)
         row.append(top1(feats, labels, all_heads, offsets[j]) if union else top1(feats, labels, heads[j]))
     return row
 

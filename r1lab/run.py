@@ -42,6 +42,7 @@ import torch
 from . import __version__
 from .attach import attach_pools
 from .benchmark import Benchmark, few_shot
+from .cache import cached_test_sets
 from .config import DACConfig, method_config
 from .evaluate import accuracy_row
 from .metrics import Metrics, per_dataset, summarize
@@ -147,7 +148,8 @@ def read_accuracy_csv(path) -> tuple:
 def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac",
                out_dir: Union[str, Path, None] = None, resume: bool = True,
                device="cpu", progress: bool = True, zeroshot_row: bool = False,
-               stop_after: Optional[int] = None) -> RunResult:
+               stop_after: Optional[int] = None, cache_dir: Union[str, Path, None] = None,
+               num_workers: int = 0, eval_bf16: bool = False) -> RunResult:
     """Run ``method`` (see ``r1lab.config.METHODS``) over the benchmark's task stream.
 
     bundle       a ``ClipBundle`` (model, tokenizer, name); the model is modified in place
@@ -155,6 +157,9 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
     resume       continue from the last finished task found in ``out_dir``
     zeroshot_row also evaluate the untouched model first (recorded, not part of the matrix)
     stop_after   stop after this many tasks (the run stays resumable)
+    cache_dir    where preprocessed test sets live (default ``out_dir/cache``; see cache.py)
+    num_workers  data-loader workers for evaluation and caching
+    eval_bf16    evaluate under bf16 autocast (GPU speed option; fp32 reproduces the paper)
     """
     t_start = time.time()
     model, tokenizer = bundle.model, bundle.tokenizer
@@ -177,9 +182,18 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
         _write_json(cfg_path, record)
         _write_json(out / "protocol.json", protocol_record(benchmark, mcfg, method, bundle.name, device))
 
+    # every evaluation reads the same preprocessed test sets (built on first use)
+    if cache_dir is None and out is not None:
+        cache_dir = out / "cache"
+    test_sets = None
+    if cache_dir is not None:
+        test_sets = cached_test_sets(benchmark, cache_dir, mcfg.eval_batch_size, num_workers, progress)
+    ev = dict(test_sets=test_sets, num_workers=num_workers, progress=progress,
+              amp_dtype=torch.bfloat16 if eval_bf16 else None)
+
     zs = None
     if zeroshot_row or method == "zeroshot":
-        zs = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, progress=progress)
+        zs = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, **ev)
 
     if method == "zeroshot":
         A = np.tile(np.asarray(zs), (T, 1))
@@ -210,12 +224,11 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
         log = train_task(model, tokenizer, pools, task, data, mcfg, t, device, progress)
         b = None
         if mcfg.eval_before_merge:   # the un-merged pool, routing in eval mode
-            b = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, only=[t])[0]
+            b = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, only=[t], **ev)[0]
         counts.append(pools.counts())
         merged.append({k: v.cpu() for k, v in pools.end_task().items()})
         with pools.disabled():   # the fresh pools have B = 0: the model is its merged weights
-            row = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size,
-                               progress=progress)
+            row = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, **ev)
         rows.append(row)
         before.append(b)
         logs.append(log)

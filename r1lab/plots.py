@@ -1,0 +1,153 @@
+"""Plots used by the notebooks and the README. Each function draws on an ``ax`` (created if
+omitted) and returns the figure; nothing here computes results, it only draws them."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+
+def _ax(ax, size=(5, 4)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=size)
+    return ax.figure, ax
+
+
+def accuracy_matrix(A, names: Sequence[str], ax=None, title: str = "", vmin=0, vmax=100):
+    """The T x T accuracy matrix: rows = after training task t, columns = test set j.
+    Cells above the diagonal are zero-shot transfer; the diagonal is plasticity; the last
+    row is the final model."""
+    fig, ax = _ax(ax, (0.6 * len(names) + 2.5, 0.5 * len(names) + 2))
+    sns.heatmap(np.asarray(A), annot=True, fmt=".0f", cmap="viridis", vmin=vmin, vmax=vmax,
+                xticklabels=names, yticklabels=names, cbar=False, ax=ax, annot_kws={"size": 8})
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("after training")
+    ax.set_title(title)
+    return fig
+
+
+def forgetting_curves(A, names: Sequence[str], ax=None, title: str = "", before_merge=None):
+    """Accuracy on each task from the moment it is trained to the end of the stream."""
+    A = np.asarray(A)
+    fig, ax = _ax(ax, (6, 3.5))
+    T = len(names)
+    for j in range(T):
+        line, = ax.plot(range(j, T), A[j:, j], marker="o", ms=3, label=names[j])
+        if before_merge is not None and before_merge[j] is not None:
+            ax.plot([j], [before_merge[j]], marker="^", color=line.get_color(), ms=6)
+    ax.set_xticks(range(T))
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_xlabel("after training")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title + ("  (triangles: before the merge)" if before_merge is not None else ""))
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    return fig
+
+
+def metric_bars(stats: Dict[str, Dict[str, tuple]], keys=("transfer", "average", "last", "forgetting"),
+                ax=None, title: str = "", zeroshot: Optional[Dict[str, float]] = None):
+    """Grouped bars of metric means (with std error bars) per method.
+    ``stats`` = {method: {metric: (mean, std)}} (``Comparison.stats``)."""
+    fig, ax = _ax(ax, (7, 3.5))
+    methods = list(stats)
+    w = 0.8 / max(len(methods), 1)
+    x = np.arange(len(keys))
+    for i, m in enumerate(methods):
+        mean = [stats[m][k][0] for k in keys]
+        std = [stats[m][k][1] for k in keys]
+        ax.bar(x + i * w - 0.4 + w / 2, mean, w, yerr=std, label=m, capsize=3)
+    if zeroshot:
+        for i, k in enumerate(keys):
+            if k in zeroshot:
+                ax.hlines(zeroshot[k], i - 0.45, i + 0.45, colors="k", linestyles="--", lw=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels([k.capitalize() for k in keys])
+    ax.set_ylabel("%")
+    ax.set_title(title + ("  (dashed: zero-shot)" if zeroshot else ""))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def before_after_merge(names: Sequence[str], before: Sequence[float], after: Sequence[float],
+                       ax=None, title: str = "own-task accuracy at the merge"):
+    """The plasticity a partial merge gives up: each task's accuracy just before and just
+    after folding its top-m experts into CLIP."""
+    fig, ax = _ax(ax, (6, 3))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, before, 0.4, label="before merge (k active experts)")
+    ax.bar(x + 0.2, after, 0.4, label="after merge (top-m folded in)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def expert_heatmap(freq, rows: Sequence[str], ax=None, title: str = "", vmax=None,
+                   xlabel: str = "expert"):
+    """A (rows x rank) frequency matrix: how often each expert is chosen, per domain."""
+    fig, ax = _ax(ax, (0.35 * np.asarray(freq).shape[1] + 2.5, 0.35 * len(rows) + 1.5))
+    sns.heatmap(np.asarray(freq), cmap="mako", vmin=0, vmax=vmax, xticklabels=True,
+                yticklabels=list(rows), ax=ax, cbar_kws={"shrink": 0.7})
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return fig
+
+
+def gram(G, labels: Sequence[str], ax=None, title: str = "", vmax=1.0):
+    """A (T x T) overlap matrix between tasks (|cosine|, 0 = orthogonal)."""
+    fig, ax = _ax(ax, (4.2, 3.6))
+    sns.heatmap(np.asarray(G), annot=True, fmt=".2f", cmap="rocket_r", vmin=0, vmax=vmax,
+                xticklabels=list(labels), yticklabels=list(labels), ax=ax, cbar=False,
+                annot_kws={"size": 7})
+    ax.set_title(title)
+    return fig
+
+
+def energy_curve(curves: Dict[str, List[float]], ax=None, k_mark: Optional[int] = None,
+                 title: str = "energy of B A kept by k experts"):
+    """Lines of energy share vs number of experts kept (one line per selection rule)."""
+    fig, ax = _ax(ax, (5, 3.2))
+    for label, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=label)
+    if k_mark is not None:
+        ax.axvline(k_mark, color="grey", ls=":", lw=1)
+    ax.set_xlabel("experts kept (k)")
+    ax.set_ylabel("share of ||BA||_F^2")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def update_matrices(mats: Dict[str, np.ndarray], title: str = ""):
+    """Side-by-side images of weight updates (e.g. full B A, k experts, the rest)."""
+    fig, axes = plt.subplots(1, len(mats), figsize=(2.6 * len(mats), 2.6))
+    axes = np.atleast_1d(axes)
+    lim = max(float(np.abs(m).max()) for m in mats.values()) or 1.0
+    for ax, (label, m) in zip(axes, mats.items()):
+        ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(logs, ax=None, title: str = "training loss per task"):
+    """Total loss per step for each task of a run, laid end to end."""
+    fig, ax = _ax(ax, (7, 3))
+    start = 0
+    for log in logs:
+        n = len(log.loss)
+        ax.plot(range(start, start + n), log.loss, lw=1, label=log.task)
+        start += n
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=4)
+    return fig
