@@ -22,6 +22,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="world: generated offline default; mtil / xtail: local dataset folders")
     p.add_argument("--data-root", default=None, help="folder holding the MTIL datasets (data/README.md)")
     p.add_argument("--order", default=None, help="MTIL order I or II; for world, comma-separated domains")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the order's tasks (quick runs)")
+    p.add_argument("--check", default="full", choices=("full", "classes", "none"),
+                   help="dataset count checks before training (mtil / xtail)")
     p.add_argument("--model", default="tiny", help="'tiny' (bundled) or an open_clip name, e.g. ViT-B-16-quickgelu")
     p.add_argument("--pretrained", default=None, help="open_clip tag ('openai', needs internet) or a local weights file")
     p.add_argument("--preset", default=None, choices=("world", "paper", "tiny"),
@@ -53,11 +56,20 @@ def _config(args) -> DACConfig:
         raise SystemExit(f"--set: {e}; fields are {sorted(cfg.to_dict())}")
 
 
+def _benchmark(args):
+    from .experiment import make_benchmark
+    kw = {}
+    if args.benchmark != "world":
+        kw["check"] = False if args.check == "none" else args.check
+    names = [n.strip() for n in args.tasks.split(",")] if args.tasks else None
+    return make_benchmark(args.benchmark, data_root=args.data_root, order=args.order, names=names, **kw)
+
+
 def cmd_compare(args) -> int:
     from .experiment import compare
     cfg = _config(args)
-    comp = compare(args.methods, args.seeds, args.benchmark, cfg, args.model, args.pretrained,
-                   args.out, args.device, not args.quiet, args.data_root, args.order)
+    comp = compare(args.methods, args.seeds, _benchmark(args), cfg, args.model, args.pretrained,
+                   args.out, args.device, not args.quiet)
     print()
     print(f"{args.benchmark}: {', '.join(args.methods)} over seeds {args.seeds} "
           f"(lr {cfg.lr:g}, {cfg.iterations} it/task, {cfg.shots} shots)")
@@ -73,7 +85,7 @@ def cmd_run(args) -> int:
     from .models import load_clip
     from .run import run_stream
     cfg = _config(args)
-    bm = make_benchmark(args.benchmark, data_root=args.data_root, order=args.order)
+    bm = _benchmark(args)
     if not args.quiet:
         print(bm.describe())
     res = run_stream(bm, load_clip(args.model, args.pretrained, args.device), cfg, args.method,
@@ -103,7 +115,7 @@ def cmd_zeroshot(args) -> int:
     from .evaluate import zeroshot_table
     from .experiment import make_benchmark
     from .models import load_clip
-    bm = make_benchmark(args.benchmark, data_root=args.data_root, order=args.order)
+    bm = _benchmark(args)
     b = load_clip(args.model, args.pretrained, args.device)
     for name, acc in zeroshot_table(b.model, b.tokenizer, bm, args.device).items():
         print(f"{name:<16}{acc:6.1f}  (chance {100 / bm[name].num_classes:.1f})")

@@ -62,7 +62,7 @@ def make_benchmark(name: str = "world", data_root: Optional[str] = None, order: 
         if name == "mtil":
             return make_mtil(data_root, order=order or "I", train_transform=train_tf,
                              test_transform=test_tf, names=names, **kw)
-        return make_xtail(data_root, train_transform=train_tf, test_transform=test_tf, **kw)
+        return make_xtail(data_root, train_transform=train_tf, test_transform=test_tf, names=names, **kw)
     raise ValueError(f"unknown benchmark {name!r}; choose from {BENCHMARKS}")
 
 
@@ -95,18 +95,19 @@ class Comparison:
 
 
 def compare(methods: Sequence[str] = ("dac", "lora"), seeds: Sequence[int] = (0,),
-            benchmark: str = "world", cfg: Optional[DACConfig] = None, model: str = "tiny",
+            benchmark="world", cfg: Optional[DACConfig] = None, model: str = "tiny",
             pretrained: Optional[str] = None, out_dir=None, device="cpu", progress: bool = True,
             data_root: Optional[str] = None, order: Optional[str] = None,
             with_zeroshot: bool = True) -> Comparison:
     """Run each method once per seed, each from a freshly loaded model.
 
-    The seed sets the training randomness (``cfg.seed``); the benchmark itself stays the same
-    so every run is scored on the same test images.
+    ``benchmark`` is a name for ``make_benchmark`` or a ``Benchmark``. The seed sets the
+    training randomness (``cfg.seed``); the benchmark itself stays the same so every run is
+    scored on the same test images.
     """
     from .models import load_clip
     cfg = cfg or preset("world")
-    bm = make_benchmark(benchmark, data_root=data_root, order=order)
+    bm = benchmark if isinstance(benchmark, Benchmark) else make_benchmark(benchmark, data_root=data_root, order=order)
     comp = Comparison()
     out = Path(out_dir) if out_dir is not None else None
     if with_zeroshot:
