@@ -64,6 +64,7 @@ class RunResult:
     seconds: float
     out_dir: Optional[Path] = None
     zeroshot: Optional[List[float]] = None       # the untrained model's row, if measured
+    pools: Optional[PoolSet] = field(default=None, repr=False)   # live pools (not saved)
 
     @property
     def after_merge(self) -> List[float]:
@@ -245,7 +246,7 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
     A[:len(rows)] = np.asarray(rows)
     finished = len(rows) == T
     res = RunResult(method, names, A, summarize(A) if finished else None, before, counts, merged,
-                    logs, time.time() - t_start, out, zs)
+                    logs, time.time() - t_start, out, zs, pools)
     if out is not None and finished:
         _finish(out, res)
     return res
