@@ -103,7 +103,10 @@ class SplitAttention(nn.Module):
     @torch.no_grad()
     def restore(self) -> nn.MultiheadAttention:
         """The original module with the current (merged) q/k/v/o weights written into it."""
-        mha = getattr(self, _ORIGINAL)
+        # the stashed original is not a submodule, so model.to(...) after attaching did not
+        # move it: give it the current weights' device and dtype before copying them in
+        w = _base(self.q).weight
+        mha = getattr(self, _ORIGINAL).to(device=w.device, dtype=w.dtype)
         mha.in_proj_weight.copy_(torch.cat([_base(self.q).weight, _base(self.k).weight, _base(self.v).weight]))
         if mha.in_proj_bias is not None:
             mha.in_proj_bias.copy_(torch.cat([_base(self.q).bias, _base(self.k).bias, _base(self.v).bias]))
@@ -155,7 +158,8 @@ class SplitCustomAttention(nn.Module):
 
     @torch.no_grad()
     def restore(self) -> Attention:
-        att = getattr(self, _ORIGINAL)
+        w = _base(self.q).weight
+        att = getattr(self, _ORIGINAL).to(device=w.device, dtype=w.dtype)  # see SplitAttention.restore
         att.in_proj_weight.copy_(torch.cat([_base(self.q).weight, _base(self.k).weight, _base(self.v).weight]))
         if att.in_proj_bias is not None:
             att.in_proj_bias.copy_(torch.cat([_base(self.q).bias, _base(self.k).bias, _base(self.v).bias]))

@@ -50,6 +50,13 @@ class Route:
     active: Optional[torch.Tensor]
     mask: torch.Tensor
 
+    def detach(self) -> "Route":
+        """The same route cut from the autograd graph: what ``pool.last`` keeps, so that a
+        model can be deep-copied (``merged_state_dict``) right after a training forward and
+        the diagnostics do not hold the forward graph alive."""
+        return Route(*(None if t is None else t.detach()
+                       for t in (self.scores, self.chosen, self.hits, self.active, self.mask)))
+
 
 class RouteToken:
     """Which token a tower's routers read. ``index=None`` means token 0 ([CLS] or
@@ -107,6 +114,17 @@ class ExpertPoolLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.base.out_features
+
+    # open_clip reads ``block.mlp.c_fc.weight.dtype`` in ``Transformer.get_cast_dtype()``
+    # (every ``encode_text`` call), so a pool must expose the frozen linear's tensors.
+    @property
+    def weight(self) -> torch.Tensor:
+        """W0 of the frozen base linear (with every merge so far folded in)."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.base.bias
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -229,7 +247,7 @@ class ExpertPoolLinear(nn.Module):
         xd = self.drop(x)
         dense = self.top_k == self.rank
         rt = self.route(self._routing_token(xd))
-        self.last = rt
+        self.last = rt.detach()
         if self.training:
             with torch.no_grad():
                 self.counts += rt.hits
