@@ -226,6 +226,11 @@ def attach_pools(model: nn.Module, cfg: DACConfig) -> PoolSet:
         raise ValueError(f"cannot find the {missing} tower(s) of {type(model).__name__}: r1lab "
                          f"supports open_clip ViT towers built from ResidualAttentionBlock / "
                          f"CustomResidualAttentionBlock (not timm or Hugging Face towers)")
+    for tower in cfg.towers:   # validate everything before changing anything
+        n_blocks = len(found[tower][1].resblocks)
+        bad = [b for b in (cfg.blocks or ()) if b >= n_blocks]
+        if bad:
+            raise ValueError(f"blocks {bad} do not exist in the {tower} tower ({n_blocks} blocks)")
     model.requires_grad_(False)
     pools: Dict[str, ExpertPoolLinear] = {}
     for tower in cfg.towers:
@@ -234,11 +239,7 @@ def attach_pools(model: nn.Module, cfg: DACConfig) -> PoolSet:
         if tower == "text" and cfg.text_route_token == "eot":
             owner, emb = _token_embedding(model)
             emb.register_forward_pre_hook(_eot_hook(owner, token))
-        n_blocks = len(transformer.resblocks)
-        chosen = range(n_blocks) if cfg.blocks is None else cfg.blocks
-        bad = [b for b in chosen if b >= n_blocks]
-        if bad:
-            raise ValueError(f"blocks {bad} do not exist in the {tower} tower ({n_blocks} blocks)")
+        chosen = range(len(transformer.resblocks)) if cfg.blocks is None else cfg.blocks
         for b in chosen:
             block = transformer.resblocks[b]
             name = f"{prefix}.resblocks.{b}"

@@ -19,6 +19,13 @@ import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# One intra-op thread by default: on a shared 2-core machine (load average 6), two OpenMP
+# threads made this suite 5x slower (262 s against 48 s), because every parallel op waits for
+# a descheduled thread. R1LAB_TEST_THREADS=0 keeps torch's own choice.
+_threads = int(os.environ.get("R1LAB_TEST_THREADS", "1"))
+if _threads > 0:
+    torch.set_num_threads(_threads)
+
 VITB16 = "ViT-B-16-quickgelu"
 
 # width 64, 2 heads, 2 blocks per tower; the text tower keeps CLIP's vocabulary and context so
