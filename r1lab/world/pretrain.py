@@ -179,8 +179,10 @@ def pretrain(steps: int = 1500, seed: int = 0, batch: int = 256, lr: float = 1e-
 
 # --- saving, atomically ------------------------------------------------------------------------
 def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
