@@ -2,13 +2,14 @@
 each domain, and how much different tasks' updates collide.
 
 All functions take tensors or pools and return tensors / small dataclasses; none uses hooks
-(pools record their last route in ``pool.last``).
+(pools record their last route in ``pool.last``). ``cmp`` checks the notebooks' exercises.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -53,13 +54,66 @@ class RoutingProfile:
                   contains expert i (each row sums to top_k)
     active[name]  (domains, rank): fraction of the domain's batches whose voted active set
                   contains expert i
+    scores[name]  (n, rank): the router scores p of every routed sample (images for the image
+                  tower, class prompts for the text tower), with its domain and batch index;
+                  ``at_k`` replays the choice for any other k from them
     """
     domains: List[str]
     chosen: Dict[str, torch.Tensor]
     active: Dict[str, torch.Tensor]
+    # every routed sample, so other k can be replayed without the model (``at_k``):
+    scores: Dict[str, torch.Tensor] = field(default_factory=dict)   # (n, rank) router scores p
+    domain: Dict[str, torch.Tensor] = field(default_factory=dict)   # (n,) domain index
+    batch: Dict[str, torch.Tensor] = field(default_factory=dict)    # (n,) batch index
+    selection: str = "batch"                                        # the pools' selection switch
 
     def tower(self, tower: str) -> List[str]:
         return [n for n in self.chosen if PoolSet.tower_of(n) == tower]
+
+    def at_k(self, name: str, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, active) of pool ``name`` as if its top-k were ``k``, replayed from the
+        stored scores with the pool's own rules (METHOD.md sec. 4):
+
+            E_n = TopK_k(p_n);  c_i = sum_n 1[i in E_n];  S = TopK_k(c) per batch
+
+        ties broken toward the lower index, as ``ExpertPoolLinear.route`` does. With the
+        pools' own k this reproduces ``chosen[name]`` and ``active[name]`` exactly."""
+        p, dom, bat = self.scores[name], self.domain[name], self.batch[name]
+        r, D = p.shape[1], len(self.domains)
+        if not 1 <= k <= r:
+            raise ValueError(f"k must be in 1..{r}, got {k}")
+        per_sample = torch.zeros_like(p)
+        per_sample.scatter_(1, p.topk(k, dim=-1).indices, 1.0)
+        chosen, active = torch.zeros(D, r), torch.zeros(D, r)
+        n_samples, n_batches = torch.zeros(D), torch.zeros(D)
+        for b in bat.unique():
+            rows = bat == b
+            d = int(dom[rows][0])
+            hits = per_sample[rows].sum(0).round().long()
+            chosen[d] += hits.float()
+            n_samples[d] += int(rows.sum())
+            if self.selection == "batch":
+                active[d, torch.argsort(hits, descending=True, stable=True)[:k]] += 1
+            else:
+                active[d] += (hits > 0).float()
+            n_batches[d] += 1
+        return chosen / n_samples.clamp_min(1)[:, None], active / n_batches.clamp_min(1)[:, None]
+
+    def specialisation_table(self) -> str:
+        """``specialisation`` of every pool as a text table: one row per tower and block,
+        one column per adapted linear (q, k, v, o, c_fc, c_proj)."""
+        targets = list(dict.fromkeys(n.rsplit(".", 1)[1] for n in self.chosen))
+        out = [f"{'tower':<7}{'block':>6}" + "".join(f"{t:>8}" for t in targets)]
+        for tower in ("image", "text"):
+            names = self.tower(tower)
+            blocks = sorted({int(n.split(".resblocks.")[1].split(".")[0]) for n in names})
+            for b in blocks:
+                cells = []
+                for t in targets:
+                    n = next((n for n in names if f".resblocks.{b}." in n and n.endswith("." + t)), None)
+                    cells.append(f"{self.specialisation(n):>8.2f}" if n else f"{'-':>8}")
+                out.append(f"{tower:<7}{b:>6}" + "".join(cells))
+        return "\n".join(out)
 
     def specialisation(self, name: str) -> float:
         """Mean total-variation distance between domains' expert-choice distributions:
@@ -89,12 +143,18 @@ def routing_profile(model, tokenizer, pools: PoolSet, benchmark: Benchmark, n_pe
     active = {n: torch.zeros(D, r) for n in pools}
     n_batches = {n: torch.zeros(D) for n in pools}
     n_samples = {n: torch.zeros(D) for n in pools}
+    scores = {n: [] for n in pools}
+    sample_domain = {n: [] for n in pools}
+    sample_batch = {n: [] for n in pools}
 
     def record(d: int, names):
         for n in names:
             rt = pools[n].last
             if rt is None:
                 continue
+            scores[n].append(rt.scores.detach().float().cpu())
+            sample_domain[n].append(torch.full((rt.scores.shape[0],), d, dtype=torch.long))
+            sample_batch[n].append(torch.full((rt.scores.shape[0],), len(scores[n]) - 1, dtype=torch.long))
             chosen[n][d] += torch.bincount(rt.chosen.reshape(-1).cpu(), minlength=r).float()
             n_samples[n][d] += rt.chosen.shape[0]
             if rt.active is not None:
@@ -123,7 +183,35 @@ def routing_profile(model, tokenizer, pools: PoolSet, benchmark: Benchmark, n_pe
     for n in pools:
         chosen[n] /= n_samples[n].clamp_min(1)[:, None]
         active[n] /= n_batches[n].clamp_min(1)[:, None]
-    return RoutingProfile(benchmark.task_names, chosen, active)
+    cat = lambda d: {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for n, v in d.items()}
+    return RoutingProfile(benchmark.task_names, chosen, active, cat(scores), cat(sample_domain),
+                          cat(sample_batch), pools.cfg.selection)
+
+
+def counts_by_task(counts: Sequence[Dict[str, torch.Tensor]], name: str) -> torch.Tensor:
+    """(T, rank) share of each task's hits that went to each expert of pool ``name``, from
+    ``RunResult.counts`` (rows sum to 1). Row t belongs to task t's own fresh pool: expert i
+    of one row and expert i of another are unrelated (a new A, B and router every task)."""
+    rows = [c[name].float() for c in counts if name in c]
+    if len(rows) != len(counts):
+        raise KeyError(f"pool {name!r} has no counts for some task (a zero-shot run has none)")
+    C = torch.stack(rows)
+    return C / C.sum(1, keepdim=True).clamp_min(1)
+
+
+def top_shares(counts: Sequence[Dict[str, torch.Tensor]], m: int) -> Dict[str, List[float]]:
+    """{tower: [mean over the tower's pools of ``top_share(counts, m)`` for each task]}: how
+    much of a task's routing went to the m experts that get merged (m/k at most)."""
+    out: Dict[str, List[float]] = {}
+    for tower in ("image", "text"):
+        per_task = []
+        for c in counts:
+            shares = [top_share(v, m) for n, v in c.items() if PoolSet.tower_of(n) == tower]
+            if shares:
+                per_task.append(sum(shares) / len(shares))
+        if per_task:
+            out[tower] = per_task
+    return out
 
 
 def top_share(counts: torch.Tensor, m: int) -> float:
@@ -199,3 +287,51 @@ def collision_rate(pools: PoolSet, threshold: float = 0.1, kind: str = "output")
         hits += int((G[cross] > threshold).sum())
         total += int(cross.sum())
     return hits / max(total, 1)
+
+
+def mean_overlap(pools: PoolSet, kind: str = "output") -> torch.Tensor:
+    """(T, T) task-overlap matrix averaged over pools (04_ago_orthogonality): the mean of
+    ``output_overlap`` (merged B columns, what AGO constrains; ``kind="output"``) or of
+    ``delta_overlap`` (whole merged updates s B_T A_T; ``kind="delta"``) over every pool.
+    Row and column t belong to the t-th merge; a model with no merges gives a (0, 0) matrix."""
+    fns = {"output": output_overlap, "delta": delta_overlap}
+    if kind not in fns:
+        raise ValueError(f"kind must be 'output' or 'delta', got {kind!r}")
+    mats = [fns[kind](pool) for pool in pools.values()]
+    if not mats:
+        raise ValueError("mean_overlap needs at least one pool")
+    return torch.stack(mats).mean(0)
+
+
+def merged_norms(pools: PoolSet) -> torch.Tensor:
+    """(T,) size of each task's merged update, ||Delta W_t||_F = ||s B_T A_T||_F, averaged over
+    the pools (04_ago_orthogonality). AGO's |b_i^T p_j| shrinks when the merged columns shrink,
+    so besides turning them it can also make them small: this shows how much each task wrote."""
+    rows = [torch.stack([d.norm() for d in merged_deltas(pool)]) for pool in pools.values()
+            if pool.merged_B.shape[1]]
+    if not rows:
+        return torch.zeros(0)
+    return torch.stack(rows).mean(0)
+
+
+# ------------------------------------------------------------------ exercises
+def cmp(label: str, mine, reference, atol: float = 1e-6) -> bool:
+    """Check an exercise's answer against r1lab's reference value and print
+
+        <label> | exact: True/False | approx: True/False | maxdiff: <max |mine - reference|>
+
+    (the ``cmp`` of Karpathy's nn-zero-to-hero notebooks). Numbers, lists, numpy arrays and
+    tensors are compared element-wise in float64; ``approx`` uses ``atol``. Returns approx."""
+    def as64(x):
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        return np.asarray(x, dtype=np.float64)
+    a, b = as64(mine), as64(reference)
+    if a.shape != b.shape:
+        print(f"{label:<30} | shape {a.shape} != reference shape {b.shape}")
+        return False
+    exact = bool(np.array_equal(a, b))
+    maxdiff = float(np.abs(a - b).max()) if a.size else 0.0
+    approx = bool(np.allclose(a, b, rtol=0.0, atol=atol))
+    print(f"{label:<30} | exact: {exact!s:<5} | approx: {approx!s:<5} | maxdiff: {maxdiff:.1e}")
+    return approx

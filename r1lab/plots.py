@@ -151,3 +151,26 @@ def loss_curves(logs, ax=None, title: str = "training loss per task"):
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=4)
     return fig
+
+
+def examples(benchmark, n: int = 6, split: str = "test", size: float = 1.0):
+    """A grid of images, one row per task: the first image of ``n`` evenly spaced classes,
+    each titled with its class name. Images are shown un-normalised (CLIP mean / std)."""
+    from .benchmark import dataset_labels
+    from .world import to_images
+    T = len(benchmark.tasks)
+    fig, axes = plt.subplots(T, n, figsize=(size * n, 1.2 * size * T), squeeze=False)
+    for row, task in zip(axes, benchmark.tasks):
+        ds = task.test if split == "test" else task.train
+        labels = dataset_labels(ds)
+        classes = sorted(set(np.linspace(0, task.num_classes - 1, n).round().astype(int).tolist()))
+        for ax in row:
+            ax.axis("off")
+        for ax, c in zip(row, classes):
+            x = ds[labels.index(c)][0]
+            ax.imshow(to_images(x[None])[0], interpolation="nearest")
+            ax.set_title(task.classnames[c][:14], fontsize=7)
+        row[0].text(-0.15, 0.5, task.name, transform=row[0].transAxes, ha="right", va="center",
+                    fontsize=8)
+    fig.tight_layout()
+    return fig
