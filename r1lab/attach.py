@@ -1,7 +1,7 @@
 """Attaching expert pools to a stock open_clip CLIP: the one module that touches open_clip
 internals (tested against the pinned open_clip 3.3.0).
 
-Where pools go (METHOD.md sec. 2): in every chosen block of the chosen towers, any of
+Where pools go (docs/method.md sec. 2): in every chosen block of the chosen towers, any of
 
     q, k, v   the three slices of the fused ``attn.in_proj_weight`` (3d x d)
     o         ``attn.out_proj``
@@ -212,50 +212,115 @@ def _eot_hook(owner: nn.Module, token: RouteToken):
     return hook
 
 
-def attach_pools(model: nn.Module, cfg: DACConfig) -> PoolSet:
-    """Freeze ``model`` and put an ``ExpertPoolLinear`` on every target of every chosen block.
+def _attention_problem(block, name: str) -> Optional[str]:
+    """Why the attention of ``block`` cannot be split (None when it can)."""
+    attn = getattr(block, "attn", None)
+    if isinstance(block, ResidualAttentionBlock):
+        if not isinstance(attn, nn.MultiheadAttention):
+            return f"{name}.attn is a {type(attn).__name__}, not an nn.MultiheadAttention"
+        if not attn.batch_first or not attn._qkv_same_embed_dim or attn.bias_k is not None:
+            return f"{name}.attn is not open_clip's batch-first self-attention"
+    elif not isinstance(attn, Attention):
+        return f"{name}.attn is a {type(attn).__name__}, not open_clip's Attention"
+    return None
 
-    Returns a ``PoolSet`` (an ordered dict: qualified module name -> pool), e.g.
-    ``visual.transformer.resblocks.0.attn.q`` or ``transformer.resblocks.11.mlp.c_proj``.
+
+def plan_pools(model: nn.Module, cfg: DACConfig) -> List[Tuple[str, int, nn.Module]]:
+    """Validate every target of ``cfg`` on ``model`` without changing anything.
+
+    Returns [(tower, block index, block)] to adapt; raises ``ValueError`` listing every
+    problem (missing tower or block, unsupported block, a target that is not an nn.Linear).
     """
-    if getattr(model, "_r1lab_pools", None):
-        raise RuntimeError("this model already has pools attached; call detach_pools(model) first")
     found = towers(model)
     missing = [t for t in cfg.towers if t not in found]
     if missing:
         raise ValueError(f"cannot find the {missing} tower(s) of {type(model).__name__}: r1lab "
                          f"supports open_clip ViT towers built from ResidualAttentionBlock / "
                          f"CustomResidualAttentionBlock (not timm or Hugging Face towers)")
-    for tower in cfg.towers:   # validate everything before changing anything
-        n_blocks = len(found[tower][1].resblocks)
+    problems, plan = [], []
+    for tower in cfg.towers:
+        prefix, transformer = found[tower]
+        n_blocks = len(transformer.resblocks)
         bad = [b for b in (cfg.blocks or ()) if b >= n_blocks]
         if bad:
             raise ValueError(f"blocks {bad} do not exist in the {tower} tower ({n_blocks} blocks)")
-    model.requires_grad_(False)
-    pools: Dict[str, ExpertPoolLinear] = {}
-    for tower in cfg.towers:
-        prefix, transformer = found[tower]
-        token = RouteToken()
         if tower == "text" and cfg.text_route_token == "eot":
-            owner, emb = _token_embedding(model)
-            emb.register_forward_pre_hook(_eot_hook(owner, token))
-        chosen = range(len(transformer.resblocks)) if cfg.blocks is None else cfg.blocks
-        for b in chosen:
+            try:
+                _token_embedding(model)
+            except AttributeError:
+                problems.append("the text tower has no token embedding to find the end-of-text token")
+        for b in (range(n_blocks) if cfg.blocks is None else cfg.blocks):
             block = transformer.resblocks[b]
             name = f"{prefix}.resblocks.{b}"
-            if isinstance(block, ResidualAttentionBlock):
-                if any(t in cfg.targets for t in "qkvo"):
-                    block.attn = SplitAttention(block.attn)
-            elif isinstance(block, CustomResidualAttentionBlock):
-                if any(t in cfg.targets for t in "qkvo"):
-                    block.attn = SplitCustomAttention(block.attn)
-            else:
-                raise TypeError(f"unsupported block type {type(block).__name__} at {name}")
+            if not isinstance(block, (ResidualAttentionBlock, CustomResidualAttentionBlock)):
+                problems.append(f"unsupported block type {type(block).__name__} at {name}")
+                continue
+            if any(t in cfg.targets for t in "qkvo"):
+                p = _attention_problem(block, name)
+                if p:
+                    problems.append(p)
             for t in cfg.targets:
-                parent, attr = (block.attn, t) if t in "qkvo" else (block.mlp, t)
-                pool = ExpertPoolLinear(getattr(parent, attr), cfg, route_token=token)
-                setattr(parent, attr, pool)
+                if t in "qkvo":
+                    continue
+                lin = getattr(getattr(block, "mlp", None), t, None)
+                if not isinstance(lin, nn.Linear):
+                    problems.append(f"{name}.mlp.{t} is a {type(lin).__name__}, not an nn.Linear")
+            plan.append((tower, b, block))
+    if problems:
+        raise ValueError("attach_pools changed nothing: " + "; ".join(problems)
+                         + ". Choose targets / blocks / towers that are nn.Linear layers of "
+                           "open_clip blocks (DACConfig.targets, .blocks, .towers)")
+    return plan
+
+
+def attach_pools(model: nn.Module, cfg: DACConfig) -> PoolSet:
+    """Freeze ``model`` and put an ``ExpertPoolLinear`` on every target of every chosen block.
+
+    Returns a ``PoolSet`` (an ordered dict: qualified module name -> pool), e.g.
+    ``visual.transformer.resblocks.0.attn.q`` or ``transformer.resblocks.11.mlp.c_proj``.
+
+    Atomic: every target is validated first (``plan_pools``), and should anything still fail
+    while attaching, every change is undone, so on an error the model is exactly as it was.
+    """
+    if getattr(model, "_r1lab_pools", None):
+        raise RuntimeError("this model already has pools attached; call detach_pools(model) first")
+    plan = plan_pools(model, cfg)
+    found = towers(model)
+    grads = {p: p.requires_grad for p in model.parameters()}
+    swapped: List[Tuple[nn.Module, str, nn.Module]] = []   # (parent, attribute, original)
+    hooks = []
+
+    def swap(parent: nn.Module, attr: str, new: nn.Module) -> None:
+        swapped.append((parent, attr, getattr(parent, attr)))
+        setattr(parent, attr, new)
+
+    try:
+        model.requires_grad_(False)
+        pools: Dict[str, ExpertPoolLinear] = {}
+        tokens: Dict[str, RouteToken] = {}
+        for tower, b, block in plan:
+            if tower not in tokens:
+                tokens[tower] = RouteToken()
+                if tower == "text" and cfg.text_route_token == "eot":
+                    owner, emb = _token_embedding(model)
+                    hooks.append(emb.register_forward_pre_hook(_eot_hook(owner, tokens[tower])))
+            name = f"{found[tower][0]}.resblocks.{b}"
+            if any(t in cfg.targets for t in "qkvo"):
+                split = SplitAttention if isinstance(block, ResidualAttentionBlock) else SplitCustomAttention
+                swap(block, "attn", split(block.attn))
+            for t in cfg.targets:
+                parent = block.attn if t in "qkvo" else block.mlp
+                pool = ExpertPoolLinear(getattr(parent, t), cfg, route_token=tokens[tower])
+                swap(parent, t, pool)
                 pools[f"{name}.{'attn' if t in 'qkvo' else 'mlp'}.{t}"] = pool
+    except BaseException:
+        for parent, attr, original in reversed(swapped):
+            setattr(parent, attr, original)
+        for h in hooks:
+            h.remove()
+        for p, g in grads.items():
+            p.requires_grad_(g)
+        raise
     object.__setattr__(model, "_r1lab_pools", True)
     return PoolSet(pools, cfg)
 

@@ -10,11 +10,21 @@ stored as the uint8 pixels it came from (3 x 224 x 224 bytes = 147 KiB per image
 test sets = 97,209 x 150,528 B = 14.6 GB) and normalised again on the fly. When the round trip
 is not exact (another transform), the normalised tensor is stored as float16 instead (2x the
 size). TensorDatasets (the generated world) are already in memory and are not cached.
+
+Concurrency: each test set is built under its own lock (``<task>.npy.lock``, a blocking
+``flock``) into a uniquely named temporary file, then published atomically: the metadata
+first, the array last, so an existing ``<task>.npy`` always has its metadata beside it. A
+second process that wants the same cache waits for the first and then reads its result;
+two processes never write one file. The metadata records a fingerprint of the test set
+(length, transform, files, split indices): a cache built from other data is rebuilt.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -23,6 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .benchmark import Benchmark
+from .files import FILE_MODE, write_json
+from .runfolder import FileLock
 
 try:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -63,19 +75,62 @@ def _to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> Optiona
     return q.to(torch.uint8)
 
 
+def _describe(fn) -> str:
+    """A transform as text that does not change between processes (no object addresses)."""
+    if fn is None or not hasattr(fn, "__qualname__"):
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(fn))
+    return f"{getattr(fn, '__module__', '')}.{fn.__qualname__}"
+
+
+def fingerprint(ds: Dataset) -> str:
+    """What a cached test set was built from: length, type, transform, root, split indices."""
+    base = getattr(ds, "dataset", None)
+    parts = [type(ds).__name__, str(len(ds)), _describe(getattr(ds, "transform", None)),
+             str(getattr(base, "root", "")), type(base).__name__ if base is not None else ""]
+    idx = getattr(ds, "indices", None)
+    if idx is not None:
+        parts.append(hashlib.sha256(np.asarray(list(idx), dtype=np.int64).tobytes()).hexdigest())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def build_cache(ds: Dataset, path: Path, batch_size: int = 256, num_workers: int = 0,
                 progress: bool = False, desc: str = "cache") -> CachedImages:
-    """Run the test transform once over ``ds`` and store the result at ``path`` (.npy)."""
+    """Run the test transform once over ``ds`` and store the result at ``path`` (.npy),
+    under the path's lock, published atomically (see the module docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(Path(str(path) + ".lock"), blocking=True):
+        return _build(ds, path, batch_size, num_workers, progress, desc)
+
+
+def _build(ds: Dataset, path: Path, batch_size: int, num_workers: int, progress: bool,
+           desc: str) -> CachedImages:
     mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     if progress:
         from tqdm.auto import tqdm
         loader = tqdm(loader, desc=desc, leave=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        mode, labels = _fill(loader, ds, path, tmp, mean, std)
+        os.chmod(tmp, FILE_MODE)
+        if path.exists():
+            path.unlink()                               # a stale array never meets new metadata
+        meta = dict(mode=mode, labels=labels, mean=list(OPENAI_DATASET_MEAN),
+                    std=list(OPENAI_DATASET_STD), fingerprint=fingerprint(ds))
+        write_json(Path(str(path) + ".json"), meta)     # metadata first, the array last
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return CachedImages(path)
+
+
+def _fill(loader, ds, path, tmp, mean, std):
+    """Write every batch into the memmap ``tmp``; returns (mode, labels)."""
     arr, mode, labels, n = None, None, [], 0
-    tmp = path.with_name(f".{path.name}.tmp")
     for x, y in loader:
         if arr is None:
             mode = "uint8" if _to_uint8(x, mean, std) is not None else "float16"
@@ -88,34 +143,47 @@ def build_cache(ds: Dataset, path: Path, batch_size: int = 256, num_workers: int
         arr[n:n + len(x)] = (q if q is not None else x.half()).numpy()
         labels += [int(v) for v in y]
         n += len(x)
+    if arr is None:
+        raise RuntimeError(f"{path.name}: the test set is empty; nothing to cache")
     arr.flush()
     del arr
-    os.replace(tmp, path)
-    meta = dict(mode=mode, labels=labels, mean=list(OPENAI_DATASET_MEAN), std=list(OPENAI_DATASET_STD))
-    Path(str(path) + ".json").write_text(json.dumps(meta))
-    return CachedImages(path)
+    return mode, labels
+
+
+def _ready(path: Path, ds: Dataset) -> Optional[CachedImages]:
+    """The published cache at ``path`` when it was built from ``ds``, else None."""
+    meta = Path(str(path) + ".json")
+    if not (path.exists() and meta.exists()):
+        return None
+    try:
+        if json.loads(meta.read_text()).get("fingerprint") != fingerprint(ds):
+            return None
+        cached = CachedImages(path)
+    except (OSError, ValueError):
+        return None
+    return cached if len(cached) == len(ds) else None
 
 
 def cached_test_sets(benchmark: Benchmark, cache_dir, batch_size: int = 256, num_workers: int = 0,
                      progress: bool = False) -> List[Dataset]:
-    """Each task's test set, from ``cache_dir`` when cached there (built on first use).
-    In-memory TensorDatasets are returned as they are."""
+    """Each task's test set, from ``cache_dir`` when cached there from the same data (built on
+    first use, under a lock: see the module docstring). In-memory TensorDatasets are returned
+    as they are."""
     out: List[Dataset] = []
     for task in benchmark.tasks:
         if isinstance(task.test, TensorDataset):
             out.append(task.test)
             continue
         path = Path(cache_dir) / f"{task.name}.npy"
-        meta = Path(str(path) + ".json")
-        if path.exists() and meta.exists():
-            ds = CachedImages(path)
-            if len(ds) != len(task.test):
-                raise RuntimeError(f"the cache {path} holds {len(ds)} images but {task.name}'s test "
-                                   f"set has {len(task.test)}: delete {cache_dir} and run again")
-            out.append(ds)
-        else:
-            out.append(build_cache(task.test, path, batch_size, num_workers, progress,
-                                   desc=f"cache {task.name}"))
+        ds = _ready(path, task.test)
+        if ds is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(Path(str(path) + ".lock"), blocking=True):
+                ds = _ready(path, task.test)          # another process may have built it
+                if ds is None:
+                    ds = _build(task.test, path, batch_size, num_workers, progress,
+                                desc=f"cache {task.name}")
+        out.append(ds)
     return out
 
 

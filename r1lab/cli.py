@@ -6,15 +6,18 @@
     python -m r1lab zeroshot                              zero-shot accuracy per dataset
     python -m r1lab run --benchmark mtil --order I --data-root /data --model ViT-B-16-quickgelu \\
         --pretrained openai --preset paper --device cuda --out runs/mtil-order1
+
+Errors a user can fix (a wrong --set value, a folder holding another run, a diverged run, a
+locked folder, a corrupt checkpoint or dataset file) print as "r1lab: error: ..." without a
+traceback and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
-from pathlib import Path
 
 from .config import METHODS, DACConfig
+from .errors import ConfigError, R1labError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -38,22 +41,19 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> DACConfig:
+    """The preset, then every --set FIELD=VALUE parsed to the field's declared type."""
     from .experiment import preset
     name = args.preset or ("world" if args.benchmark == "world" else "paper")
     cfg = preset(name, args.benchmark, args.order if args.order in ("I", "II", "1", "2") else "I")
     changes = {}
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            changes[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            changes[k] = v
-    try:
-        return cfg.replace(**changes)
-    except TypeError as e:
-        raise SystemExit(f"--set: {e}; fields are {sorted(cfg.to_dict())}")
+        changes[k.strip()] = DACConfig.parse_value(k.strip(), v)
+    if getattr(args, "workers", 0) < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    return cfg.replace(**changes)
 
 
 def _benchmark(args):
@@ -69,11 +69,16 @@ def cmd_compare(args) -> int:
     from .experiment import compare
     cfg = _config(args)
     comp = compare(args.methods, args.seeds, _benchmark(args), cfg, args.model, args.pretrained,
-                   args.out, args.device, not args.quiet)
+                   args.out, args.device, not args.quiet, resume=not args.no_resume,
+                   overwrite=args.overwrite)
     print()
     print(f"{args.benchmark}: {', '.join(args.methods)} over seeds {args.seeds} "
           f"(lr {cfg.lr:g}, {cfg.iterations} it/task, {cfg.shots} shots)")
     print(comp.table())
+    for method, runs in comp.runs.items():
+        for r in runs:
+            for w in r.warnings:
+                print(f"warning ({method}): {w}")
     if args.out:
         print(f"\nrun folders: {args.out}/<method>-seed<seed>  (python -m r1lab summary ...)")
     return 0
@@ -91,9 +96,15 @@ def cmd_run(args) -> int:
     res = run_stream(bm, load_clip(args.model, args.pretrained, args.device), cfg, args.method,
                      args.out, resume=not args.no_resume, device=args.device,
                      progress=not args.quiet, zeroshot_row=args.zeroshot_row,
-                     num_workers=args.workers, eval_bf16=args.bf16)
+                     num_workers=args.workers, eval_bf16=args.bf16, overwrite=args.overwrite,
+                     fallback=args.fallback)
+    if res.metrics is None:
+        print(f"stopped after {len(res.logs)} of {len(res.task_names)} tasks; resume with the same command")
+        return 0
     print(format_table(res.accuracy, res.task_names))
     print(res.summary())
+    for w in res.warnings:
+        print(f"warning: {w}")
     if args.out:
         print(f"written to {args.out}")
     return 0
@@ -107,6 +118,8 @@ def cmd_summary(args) -> int:
         print(f"== {d}")
         print(format_table(res.accuracy, res.task_names))
         print(res.summary())
+        for w in res.warnings:
+            print(f"warning: {w}")
         print()
     return 0
 
@@ -131,12 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["dac", "lora"], choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", default="runs/compare", help="parent folder of the run folders")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over in run folders that hold a run (needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --no-resume: move old runs aside to <folder>.old-<time>")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("run", help="one method over one benchmark stream (resumable)")
     _common(p)
     p.add_argument("--method", default="dac", choices=METHODS)
     p.add_argument("--out", default=None, help="run folder; an existing one is resumed")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over; refused on a folder holding a run unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --no-resume: move the old run aside to <out>.old-<time> first")
+    p.add_argument("--fallback", action="store_true",
+                   help="on a corrupt checkpoint, resume from the last readable one")
     p.add_argument("--zeroshot-row", action="store_true", help="also evaluate the untrained model first")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("summary", help="print the metrics of finished run folders")
@@ -150,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except R1labError as e:        # includes the dataset errors (r1lab.datasets.checks)
+        print(f"r1lab: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Every hyper-parameter of DAC in one typed dataclass.
 
-Field names follow the paper's symbols (METHOD.md):
+Field names follow the paper's symbols (docs/method.md):
 
     rank     r   experts per pool (rank of the single LoRA)             sec. 1-2
     top_k    k   experts composed per mini-batch ("R" in the paper)      sec. 4
@@ -14,14 +14,28 @@ Presets are derived with ``dataclasses.replace``:
     DACConfig.tiny()         a few iterations, for tests
     DACConfig.plain_lora()   sequential LoRA: all experts active, all merged, no AGO
 
-The *switches* of METHOD.md sec. 12 default to what the authors' code does, because the
+Per-task learning rates are keyed by dataset name, never by position (``lr_by_task``), and
+say which stream they were set for (``lr_by_task_for``, e.g. "MTIL Order II"): a run on
+another stream refuses them, and a subset of the stream keeps each dataset's own rate.
+
+Every value is checked at construction (type, range, finiteness): a wrong one raises
+``ConfigError`` naming the field. ``DACConfig.parse_value(field, text)`` reads a value of the
+field's declared type from text (the command line's ``--set FIELD=VALUE``).
+
+The *switches* of docs/method.md sec. 12 default to what the authors' code does, because the
 published numbers came from the code.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
+import math
+import numbers
+import typing
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Tuple, Union
+
+from .errors import ConfigError
 
 TARGETS = ("q", "k", "v", "o", "c_fc", "c_proj")
 TOWERS = ("image", "text")
@@ -31,13 +45,21 @@ SELECTIONS = ("batch", "sample")
 AGO_PAST = ("all", "merged")
 AGO_FORMS = ("code", "paper", "dense")
 
-# Order II learning rates of the paper preset, in Order II task order (METHOD.md sec. 9).
+# Order II learning rates of the paper (docs/method.md sec. 9), listed in Order II's task order,
+# and the same rates keyed by dataset: what the configuration stores.
+ORDER2_TASKS = ("StanfordCars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397", "Aircraft",
+                "Caltech101", "DTD", "EuroSAT", "CIFAR100")
 ORDER2_LRS = (2e-3, 2e-3, 1e-3, 2e-3, 2e-3, 2e-3, 3e-3, 2e-3, 2e-3, 1e-3, 3e-3)
+ORDER2_LR_BY_TASK: Dict[str, float] = dict(zip(ORDER2_TASKS, ORDER2_LRS))
+ORDER2_STREAM = "MTIL Order II"
+
+INT_FIELDS = ("rank", "top_k", "merge_k", "iterations", "batch_size", "eval_batch_size")
+REAL_FIELDS = ("alpha", "dropout", "ago_weight", "lr", "lr_min", "weight_decay")
 
 
 @dataclass(frozen=True)
 class DACConfig:
-    # --- the expert pool (METHOD.md sec. 1-2) ---------------------------------------------
+    # --- the expert pool (docs/method.md sec. 1-2) ---------------------------------------------
     rank: int = 12                # r: rank-1 experts per pool
     top_k: int = 8                # k: experts active per mini-batch (paper's R)
     merge_k: int = 4              # m: experts merged into CLIP after each task (k/2)
@@ -47,7 +69,7 @@ class DACConfig:
     targets: Tuple[str, ...] = TARGETS    # which linears in each block
     blocks: Optional[Tuple[int, ...]] = None  # block indices; None = all blocks
 
-    # --- switches (METHOD.md sec. 12); defaults = the authors' code -------------------------
+    # --- switches (docs/method.md sec. 12); defaults = the authors' code -------------------------
     router: str = "frozen"        # "frozen": no gradient (code); "gate" / "ste": learned
     text_route_token: str = "sot"  # text tower routes on token 0 ("sot", code) or end-of-text
     selection: str = "batch"      # "batch": one vote per mini-batch (code); "sample"
@@ -55,9 +77,8 @@ class DACConfig:
     ago_form: str = "code"        # "code": sum |cross-Gram|; "paper": mean of pair dots; "dense"
     ago_weight: float = 0.1       # lambda; AGO applies from the second task on
 
-    # --- training (METHOD.md sec. 8-9) ----------------------------------------------------
+    # --- training (docs/method.md sec. 8-9) ----------------------------------------------------
     lr: float = 2e-3              # AdamW peak learning rate
-    lr_per_task: Optional[Tuple[float, ...]] = None  # overrides lr task by task (Order II)
     lr_min: float = 1e-6          # cosine decay floor, no warm-up
     weight_decay: float = 0.01
     betas: Tuple[float, float] = (0.9, 0.999)
@@ -65,6 +86,10 @@ class DACConfig:
     batch_size: int = 32          # drop_last batches
     shots: Optional[int] = 5      # images per class for training; None = the full train set
     seed: int = 42
+    # per-task peak learning rates by dataset name (a dict is accepted and stored as sorted
+    # (name, lr) pairs); every task of the stream needs one. None: ``lr`` for every task.
+    lr_by_task: Optional[Tuple[Tuple[str, float], ...]] = None
+    lr_by_task_for: Optional[str] = None  # the stream they belong to ("MTIL Order II"); None: any
 
     # --- evaluation -------------------------------------------------------------------------
     eval_batch_size: int = 256
@@ -72,12 +97,30 @@ class DACConfig:
 
     def __post_init__(self):
         def bad(msg: str):
-            raise ValueError(f"DACConfig: {msg}")
+            raise ConfigError(f"DACConfig: {msg}")
 
-        for name in ("rank", "top_k", "merge_k", "iterations", "batch_size", "eval_batch_size"):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        for name in INT_FIELDS:
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                bad(f"{name} must be a positive integer, got {v!r}")
+            if not _is_int(v) or v < 1:
+                bad(f"{name} must be a positive integer, got {v!r}{_kind(v)}")
+            put(name, int(v))
+        for name in REAL_FIELDS:
+            v = getattr(self, name)
+            if not _is_real(v) or not math.isfinite(v):
+                bad(f"{name} must be a finite number, got {v!r}{_kind(v)}")
+            put(name, float(v))
+        if not _is_int(self.seed) or self.seed < 0:
+            bad(f"seed must be a non-negative integer, got {self.seed!r}{_kind(self.seed)}")
+        put("seed", int(self.seed))
+        if self.shots is not None:
+            if not _is_int(self.shots) or self.shots < 1:
+                bad(f"shots must be an integer >= 1 or None (full data), got {self.shots!r}{_kind(self.shots)}")
+            put("shots", int(self.shots))
+        if not isinstance(self.eval_before_merge, bool):
+            bad(f"eval_before_merge must be True or False, got {self.eval_before_merge!r}")
         if self.top_k > self.rank:
             bad(f"top_k={self.top_k} > rank={self.rank}: a pool cannot activate more experts "
                 f"than it has; use top_k <= rank")
@@ -91,19 +134,30 @@ class DACConfig:
         if self.ago_weight < 0:
             bad(f"ago_weight (lambda) must be >= 0, got {self.ago_weight}")
         if self.lr <= 0 or self.lr_min < 0 or self.weight_decay < 0:
-            bad("lr must be > 0, lr_min and weight_decay >= 0")
-        if self.lr_per_task is not None and any(lr <= 0 for lr in self.lr_per_task):
-            bad("every entry of lr_per_task must be > 0")
-        if self.shots is not None and self.shots < 1:
-            bad(f"shots must be >= 1 or None (full data), got {self.shots}")
-        unknown = [t for t in self.targets if t not in TARGETS]
-        if unknown or not self.targets:
-            bad(f"unknown targets {unknown or '(empty)'}; choose from {TARGETS}")
-        unknown = [t for t in self.towers if t not in TOWERS]
-        if unknown or not self.towers:
-            bad(f"unknown towers {unknown or '(empty)'}; choose from {TOWERS}")
-        if self.blocks is not None and any((not isinstance(b, int)) or b < 0 for b in self.blocks):
-            bad(f"blocks must be non-negative block indices, got {self.blocks}")
+            bad(f"lr must be > 0, lr_min and weight_decay >= 0 (got lr={self.lr}, "
+                f"lr_min={self.lr_min}, weight_decay={self.weight_decay})")
+        betas = _as_tuple(self.betas)
+        if (betas is None or len(betas) != 2 or not all(_is_real(b) and math.isfinite(b) for b in betas)
+                or not all(0.0 <= b < 1.0 for b in betas)):
+            bad(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {self.betas!r}")
+        put("betas", tuple(float(b) for b in betas))
+        put("lr_by_task", _lr_table(self.lr_by_task, bad))
+        if self.lr_by_task_for is not None and not isinstance(self.lr_by_task_for, str):
+            bad(f"lr_by_task_for must be a stream name such as {ORDER2_STREAM!r} or None, "
+                f"got {self.lr_by_task_for!r}")
+        for name, allowed in (("targets", TARGETS), ("towers", TOWERS)):
+            v = _as_tuple(getattr(self, name))
+            if v is None or not all(isinstance(t, str) for t in v):
+                bad(f"{name} must be a tuple of names from {allowed}, got {getattr(self, name)!r}")
+            unknown = [t for t in v if t not in allowed]
+            if unknown or not v:
+                bad(f"unknown {name} {unknown or '(empty)'}; choose from {allowed}")
+            put(name, v)
+        if self.blocks is not None:
+            blocks = _as_tuple(self.blocks)
+            if blocks is None or any((not _is_int(b)) or b < 0 for b in blocks):
+                bad(f"blocks must be non-negative block indices, got {self.blocks}")
+            put("blocks", tuple(int(b) for b in blocks))
         for name, allowed in (("router", ROUTERS), ("text_route_token", ROUTE_TOKENS),
                               ("selection", SELECTIONS), ("ago_past", AGO_PAST),
                               ("ago_form", AGO_FORMS)):
@@ -113,7 +167,7 @@ class DACConfig:
     # --- derived ----------------------------------------------------------------------------
     @property
     def scale(self) -> float:
-        """s = alpha / r (METHOD.md sec. 2)."""
+        """s = alpha / r (docs/method.md sec. 2)."""
         return self.alpha / self.rank
 
     @property
@@ -121,38 +175,81 @@ class DACConfig:
         """True when every expert is always active (plain LoRA): routing is skipped."""
         return self.top_k == self.rank
 
-    def lr_for_task(self, t: int) -> float:
-        if self.lr_per_task is None:
+    def lr_for(self, task: str) -> float:
+        """The peak learning rate of the task named ``task``: ``lr_by_task[task]`` when
+        per-task rates are set, else ``lr``."""
+        if self.lr_by_task is None:
             return self.lr
-        if t >= len(self.lr_per_task):
-            raise ValueError(f"lr_per_task has {len(self.lr_per_task)} entries, task {t} has none")
-        return self.lr_per_task[t]
+        table = dict(self.lr_by_task)
+        if task not in table:
+            raise ConfigError(f"DACConfig: lr_by_task has no learning rate for task {task!r} "
+                              f"(it has {sorted(table)}); add one, or set lr_by_task=None to "
+                              f"use lr={self.lr:g} for every task")
+        return table[task]
+
+    def check_stream(self, task_names: Iterable[str], stream: str) -> None:
+        """Refuse per-task rates set for another stream, or missing for a task of this one
+        (before any training). ``stream`` names the benchmark and order ("MTIL Order II")."""
+        if self.lr_by_task is None:
+            return
+        if self.lr_by_task_for is not None and self.lr_by_task_for != stream:
+            raise ConfigError(
+                f"DACConfig: lr_by_task holds the per-task learning rates of {self.lr_by_task_for}, "
+                f"but this stream is {stream}; use that stream's rates, or one lr for every task "
+                f"(lr_by_task=None, e.g. the paper preset without order II)")
+        for name in task_names:
+            self.lr_for(name)
 
     def replace(self, **changes) -> "DACConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["lr_by_task"] = None if self.lr_by_task is None else dict(self.lr_by_task)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DACConfig":
+        d = dict(d)
+        legacy = d.pop("lr_per_task", None)   # position-keyed rates of earlier versions
+        if legacy is not None:
+            raise ConfigError("DACConfig: lr_per_task (learning rates by position) was replaced by "
+                              "lr_by_task (learning rates by dataset name, e.g. {'Aircraft': 3e-3})")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"DACConfig: unknown fields {sorted(unknown)}")
+            raise ConfigError(f"DACConfig: unknown fields {sorted(unknown)}")
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**fixed)
+
+    @classmethod
+    def parse_value(cls, name: str, text: str):
+        """A value for field ``name`` read from ``text`` as the field's declared type:
+        int, float ("inf" / "nan" parse, and are then refused as non-finite), bool
+        (true/false), str, tuples (comma-separated, brackets optional), None ("none"), and
+        lr_by_task as "Aircraft:3e-3,Food:2e-3" or a dict literal. Raises ``ConfigError``
+        naming the field."""
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            raise ConfigError(f"--set {name}: unknown DACConfig field {name!r}; fields are {sorted(hints)}")
+        try:
+            if name == "lr_by_task":
+                return _parse_table(text)
+            return _parse(hints[name], text.strip())
+        except (ValueError, SyntaxError, TypeError) as e:
+            raise ConfigError(f"--set {name}={text}: {name} {e}") from None
 
     # --- presets ----------------------------------------------------------------------------
     @classmethod
     def paper(cls, order: str = "I") -> "DACConfig":
         """ViT-B/16, both towers, all blocks, q/k/v/o/c_fc/c_proj; r=12, k=8, m=4, s=1/12,
         dropout 0.2, lambda 0.1, AdamW 2e-3 -> 1e-6 cosine, 500 it/task, batch 32, 5 shots,
-        seed 42 (METHOD.md sec. 2 and 9). ``order="II"`` sets the per-task learning rates."""
+        seed 42 (docs/method.md sec. 2 and 9). ``order="II"`` sets Order II's per-task learning
+        rates, keyed by dataset and tied to MTIL Order II."""
         cfg = cls()
-        if order.upper() in ("II", "2"):
-            cfg = cfg.replace(lr_per_task=ORDER2_LRS)
-        elif order.upper() not in ("I", "1"):
+        if str(order).upper() in ("II", "2"):
+            cfg = cfg.replace(lr_by_task=ORDER2_LR_BY_TASK, lr_by_task_for=ORDER2_STREAM)
+        elif str(order).upper() not in ("I", "1"):
             raise ValueError(f"order must be 'I' or 'II', got {order!r}")
         return cfg
 
@@ -190,7 +287,101 @@ def method_config(method: str, base: DACConfig) -> DACConfig:
         return base.replace(merge_k=base.top_k)
     if method == "zeroshot":
         return base
-    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    raise ConfigError(f"unknown method {method!r}; choose from {METHODS}")
 
 
 METHODS = ("zeroshot", "lora", "dac", "dac-no-ago", "dac-no-route", "dac-merge-all")
+
+
+# ------------------------------------------------------------------------------ helpers
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _kind(v) -> str:
+    return f" ({type(v).__name__})" if not isinstance(v, (int, float)) or isinstance(v, bool) else ""
+
+
+def _as_tuple(v) -> Optional[tuple]:
+    return tuple(v) if isinstance(v, (tuple, list)) else None
+
+
+def _lr_table(v, bad) -> Optional[Tuple[Tuple[str, float], ...]]:
+    """{name: lr} or (name, lr) pairs -> sorted (name, lr) pairs, every lr finite and > 0."""
+    if v is None:
+        return None
+    try:
+        items = list(v.items()) if isinstance(v, dict) else [tuple(p) for p in v]
+    except TypeError:
+        items = None
+    if not items or not all(len(p) == 2 and isinstance(p[0], str) for p in items):
+        bad(f"lr_by_task must map dataset names to learning rates, e.g. {{'Aircraft': 3e-3}}, got {v!r}")
+    for name, lr in items:
+        if not _is_real(lr) or not math.isfinite(lr) or lr <= 0:
+            bad(f"every learning rate in lr_by_task must be a finite number > 0, got {name}: {lr!r}")
+    if len({n for n, _ in items}) != len(items):
+        bad(f"lr_by_task names a dataset twice: {[n for n, _ in items]}")
+    return tuple(sorted((n, float(lr)) for n, lr in items))
+
+
+_NONE = ("none", "null")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _parse(tp, s: str):
+    """Text -> a value of the type hint ``tp`` (ValueError with what was expected)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        if s.lower() in _NONE:
+            return None
+        return _parse(next(a for a in args if a is not type(None)), s)
+    if origin is tuple:
+        parts = [p.strip() for p in s.strip("()[] ").split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_parse(args[0], p) for p in parts)
+        if len(parts) != len(args):
+            raise ValueError(f"needs {len(args)} comma-separated values, got {s!r}")
+        return tuple(_parse(a, p) for a, p in zip(args, parts))
+    if tp is bool:
+        if s.lower() in _TRUE + _FALSE:
+            return s.lower() in _TRUE
+        raise ValueError(f"must be true or false, got {s!r}")
+    if tp is int:
+        try:
+            return int(s)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {s!r}") from None
+    if tp is float:
+        try:
+            return float(s)
+        except ValueError:
+            raise ValueError(f"must be a number, got {s!r}") from None
+    if tp is str:
+        return s[1:-1] if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"" else s
+    raise ValueError(f"cannot be set from text (type {tp})")
+
+
+def _parse_table(s: str):
+    """'Aircraft:3e-3,Food:2e-3' or a dict literal -> {name: lr}; 'none' -> None."""
+    s = s.strip()
+    if s.lower() in _NONE:
+        return None
+    if s.startswith("{"):
+        d = ast.literal_eval(s)
+        if not isinstance(d, dict):
+            raise ValueError(f"must be a dict of dataset name -> lr, got {s!r}")
+        return d
+    out = {}
+    for part in filter(None, (p.strip() for p in s.split(","))):
+        name, sep, lr = part.replace("=", ":").partition(":")
+        if not sep:
+            raise ValueError(f"must be NAME:LR pairs separated by commas, got {part!r}")
+        try:
+            out[name.strip()] = float(lr)
+        except ValueError:
+            raise ValueError(f"must be NAME:LR pairs; {lr!r} is not a number") from None
+    return out

@@ -16,7 +16,8 @@ import numpy as np
 
 from .benchmark import Benchmark
 from .config import DACConfig
-from .metrics import summarize
+from .errors import ConfigError
+from .metrics import fmt, summarize
 from .run import RunResult, run_stream
 
 BENCHMARKS = ("world", "mtil", "xtail")
@@ -29,18 +30,23 @@ def preset(name: str, benchmark: str = "world", order: str = "I") -> DACConfig:
     world  the offline default on the generated benchmark and the bundled tiny CLIP:
            the paper's pool (r 12, k 8, m 4, s 1/12, dropout .2, lambda .1) with 16 shots,
            100 iterations per task and lr 5e-3 (2.5x the paper's 2e-3: the tiny model and
-           s = 1/12 need it; OFFLINE-WORLD.md sec. 8)
-    paper  METHOD.md sec. 9 (Order II learning rates with order="II"); X-TAIL uses 16 shots
+           s = 1/12 need it; docs/world.md sec. 8)
+    paper  docs/method.md sec. 9 (Order II learning rates, keyed by dataset, with order="II");
+           X-TAIL uses 16 shots and has only one order (its rates are not MTIL Order II's)
     tiny   a few iterations, for tests
     """
     if name == "world":
         return DACConfig(lr=5e-3, iterations=100, shots=16, batch_size=32, eval_batch_size=512)
     if name == "paper":
-        cfg = DACConfig.paper(order)
-        return cfg.replace(shots=16) if benchmark == "xtail" else cfg
+        if benchmark == "xtail":
+            if str(order).upper() not in ("I", "1"):
+                raise ConfigError(f"X-TAIL has one order (I); --order {order} would give it MTIL "
+                                  f"Order II's per-task learning rates. Drop --order for X-TAIL")
+            return DACConfig.paper("I").replace(shots=16)
+        return DACConfig.paper(order)
     if name == "tiny":
         return DACConfig.tiny()
-    raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
+    raise ConfigError(f"unknown preset {name!r}; choose from {PRESETS}")
 
 
 def make_benchmark(name: str = "world", data_root: Optional[str] = None, order: Optional[str] = None,
@@ -85,12 +91,12 @@ class Comparison:
         if self.zeroshot is not None:
             z = self.zeroshot.metrics.as_dict()
             rows.append(f"{'zero-shot':<14}{'-':>6}" + "".join(
-                f"{z[k]:>16.1f}" if k in ("transfer", "average", "last") else f"{'-':>16}" for k in keys) + f"{'-':>10}")
+                f"{fmt(z[k]):>16}" if k in ("transfer", "average", "last") else f"{'-':>16}" for k in keys) + f"{'-':>10}")
         for method, rs in self.runs.items():
             s = self.stats(method)
             secs = np.mean([r.seconds for r in rs])
             rows.append(f"{method:<14}{len(rs):>6}" + "".join(
-                f"{s[k][0]:>10.1f} ± {s[k][1]:<3.1f}" for k in keys) + f"{secs:>9.0f}s")
+                f"{fmt(s[k][0]):>10} ± {fmt(s[k][1]):<3}" for k in keys) + f"{secs:>9.0f}s")
         return "\n".join(rows)
 
 
@@ -98,12 +104,13 @@ def compare(methods: Sequence[str] = ("dac", "lora"), seeds: Sequence[int] = (0,
             benchmark="world", cfg: Optional[DACConfig] = None, model: str = "tiny",
             pretrained: Optional[str] = None, out_dir=None, device="cpu", progress: bool = True,
             data_root: Optional[str] = None, order: Optional[str] = None,
-            with_zeroshot: bool = True) -> Comparison:
+            with_zeroshot: bool = True, resume: bool = True, overwrite: bool = False) -> Comparison:
     """Run each method once per seed, each from a freshly loaded model.
 
     ``benchmark`` is a name for ``make_benchmark`` or a ``Benchmark``. The seed sets the
     training randomness (``cfg.seed``); the benchmark itself stays the same so every run is
-    scored on the same test images.
+    scored on the same test images. ``resume`` / ``overwrite`` apply to every run folder
+    (see ``run_stream``).
     """
     from .models import load_clip
     cfg = cfg or preset("world")
@@ -113,14 +120,14 @@ def compare(methods: Sequence[str] = ("dac", "lora"), seeds: Sequence[int] = (0,
     if with_zeroshot:
         comp.zeroshot = run_stream(bm, load_clip(model, pretrained, device), cfg, "zeroshot",
                                    None if out is None else out / "zeroshot", device=device,
-                                   progress=False)
+                                   progress=False, resume=resume, overwrite=overwrite)
     for method in methods:
         comp.runs[method] = []
         for seed in seeds:
             c = cfg.replace(seed=seed)
             run_dir = None if out is None else out / f"{method}-seed{seed}"
             res = run_stream(bm, load_clip(model, pretrained, device), c, method, run_dir,
-                             device=device, progress=progress)
+                             device=device, progress=progress, resume=resume, overwrite=overwrite)
             if progress:
                 print(f"[r1lab] {res.summary()}")
             comp.runs[method].append(res)

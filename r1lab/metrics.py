@@ -1,9 +1,10 @@
-"""Continual-learning metrics of MTIL (PROTOCOL.md "Metrics").
+"""Continual-learning metrics of MTIL (docs/protocol.md "Metrics").
 
 A[t, j] = top-1 accuracy (%) on dataset j after training task t; rows and columns in training
 order; T tasks; no row for the untrained model.
 
-    Transfer = mean_{j=2..T} mean_{t<j} A[t, j]     (strictly upper triangle, per column)
+    Transfer = mean_{j=2..T} mean_{t<j} A[t, j]     (strictly upper triangle, per column;
+                                                     undefined, NaN, for a one-task stream)
     Average  = mean_j mean_t A[t, j]                (all T*T cells)
     Last     = mean_j A[T, j]                       (last row)
 
@@ -13,10 +14,11 @@ Extra columns the notebooks show next to them:
     Forgetting = mean_{j<T} (A[j, j] - A[T, j])     (drop from each task's own row to the end)
 
 Cells are selected with explicit index masks, never by value: a genuine 0 % stays in.
-Round only for display.
+Round only for display; an undefined metric (NaN) is displayed as "n/a".
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -43,9 +45,10 @@ def transfer_per_task(A) -> np.ndarray:
 
 
 def transfer(A) -> float:
+    """NaN for one task: no column has a task trained before it."""
     A = _check(A)
     if A.shape[0] < 2:
-        raise ValueError("Transfer needs at least two tasks")
+        return float("nan")
     return float(np.mean(transfer_per_task(A)[1:]))
 
 
@@ -81,8 +84,13 @@ class Metrics:
                     diagonal=self.diagonal, forgetting=self.forgetting)
 
     def __str__(self) -> str:
-        return (f"Transfer {self.transfer:.1f} | Average {self.average:.1f} | Last {self.last:.1f}"
-                f" | diag {self.diagonal:.1f} | forgetting {self.forgetting:.1f}")
+        return (f"Transfer {fmt(self.transfer)} | Average {fmt(self.average)} | Last {fmt(self.last)}"
+                f" | diag {fmt(self.diagonal)} | forgetting {fmt(self.forgetting)}")
+
+
+def fmt(v: Optional[float], digits: int = 1) -> str:
+    """A metric for display: one decimal, "n/a" when undefined (None or NaN)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def summarize(A) -> Metrics:
@@ -110,7 +118,7 @@ def format_table(A, names: Sequence[str]) -> str:
     for r in rows:
         t = "-" if r["transfer"] is None else f"{r['transfer']:.1f}"
         out.append(f"{r['dataset']:<{w}}{t:>9}{r['average']:>9.1f}{r['last']:>9.1f}")
-    out.append(f"{'mean':<{w}}{m.transfer:>9.1f}{m.average:>9.1f}{m.last:>9.1f}")
+    out.append(f"{'mean':<{w}}{fmt(m.transfer):>9}{m.average:>9.1f}{m.last:>9.1f}")
     return "\n".join(out)
 
 

@@ -16,7 +16,7 @@ copies the float16 values into float32 parameters and gives the same model
 (``tests/test_models.py`` checks this).
 
 Any other name goes through ``open_clip.create_model(name, pretrained=pretrained)`` with the
-PROTOCOL.md preprocessing (train: RandomResizedCrop(224, scale 0.9-1.0, bicubic); test:
+docs/protocol.md preprocessing (train: RandomResizedCrop(224, scale 0.9-1.0, bicubic); test:
 Resize(224, bicubic) + CenterCrop(224); both CLIP mean / std normalisation).
 """
 from __future__ import annotations
@@ -122,5 +122,5 @@ def load_clip(name: str = "tiny", pretrained: Optional[str] = None, device="cpu"
             "context_length": getattr(model, "context_length", None),
             "parameters": sum(p.numel() for p in model.parameters()),
             "logit_scale": round(model.logit_scale.exp().item(), 3),
-            "transforms": "PROTOCOL.md: RandomResizedCrop(scale 0.9-1.0, bicubic) / Resize + CenterCrop"}
+            "transforms": "docs/protocol.md: RandomResizedCrop(scale 0.9-1.0, bicubic) / Resize + CenterCrop"}
     return ClipBundle(model, open_clip.get_tokenizer(name), tf.train, tf.test, name, info)

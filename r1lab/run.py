@@ -1,36 +1,49 @@
 """The continual-learning engine: one method over one benchmark stream, resumable.
 
-For each task t of the stream (METHOD.md sec. 4-10):
+For each task t of the stream (docs/method.md sec. 4-10), with seed_t = seed + 1000 t:
 
-    seed(seed + 1000 t); fresh pools                     # A ~ Kaiming, B = 0, new router
-    D_t = few_shot(train_t, shots)                       # frozen augmentation
-    train the pools on D_t                               # L_task (+ lambda L_AGO, t >= 2)
+    torch.manual_seed(seed_t); fresh pools               # A ~ Kaiming, B = 0, new router
+    D_t = few_shot(train_t, shots, seed)                 # frozen augmentation
+    train the pools on D_t                               # L_task (+ lambda L_AGO, t >= 2);
+                                                         # template and batches from seed_t
     acc_before[t] = accuracy on task t, un-merged pool   # what the task reached
     merge the top-m experts of every pool into CLIP      # W0 += s B[:, T] A[T, :]
     A[t, :] = accuracy of the merged model on every test set (one row)
-    checkpoint (adapter state, row, counts, losses), atomically
+    checkpoint (adapter state, row, counts, losses, elapsed time), atomically
+
+Before any of it, everything that can be checked is checked (``preflight``): the configuration
+against the stream (per-task learning rates by dataset name), the model's input size against
+the benchmark's images, worker counts; then the images of the few-shot subsets still to train
+are decoded (a corrupt file is reported by path before training, not in task 2).
 
 A run folder holds:
+    .lock            one writer per folder (runfolder.py)
+    identity.json    everything that determines the numbers (identity.py); resume checks it
     config.json      the resolved DACConfig and method
     protocol.json    benchmark, order, shots, splits, templates, label space, seed, versions
     accuracy.csv     the T x T matrix (rows: after task t; columns: test set j)
     metrics.json     Transfer / Average / Last / diagonal / forgetting, per-dataset rows,
-                     accuracy before and after each merge
+                     accuracy before and after each merge, seconds (all processes), warnings
     counts.pt        per task, per pool: the activation counts and merged experts
-    losses.csv       per step: task, step, loss, task loss, AGO
+    losses.csv       per step: task, step, loss, task loss, AGO, lr
+    zeroshot.json    the untrained model's row, when it was measured
     checkpoints/task_XX.pt   small adapter state after task XX (merged factors, past columns)
 
 A run killed at any point resumes from its last finished task (``resume=True``) and ends
 with the same accuracy matrix as an uninterrupted run: every task reseeds all randomness, and
-merged weights are rebuilt by replaying the stored merge factors in order.
+merged weights are rebuilt by replaying the stored merge factors in order. A finished folder
+is reloaded the same way, without training. A corrupt checkpoint is reported by path;
+``fallback=True`` moves it (and any later one) aside as ``*.corrupt`` and trains again from
+the last readable one.
+
+A non-finite loss or parameter stops the run (``RunDiverged``: task, step, lr); a finished run
+whose last row is at chance everywhere, or whose loss rose more than tenfold within a task,
+carries ``warnings`` (RunResult, metrics.json, the log and ``summary``).
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
-import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +51,23 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
-from . import __version__
 from .attach import attach_pools
 from .benchmark import Benchmark, few_shot
 from .cache import cached_test_sets
 from .config import DACConfig, method_config
+from .errors import CheckpointCorrupt, ConfigError, RunDiverged, RunUnfinished
 from .evaluate import accuracy_row
+from .files import atomic_write, write_json, write_torch
+from .identity import model_image_size, run_identity, stream_name, versions
 from .metrics import Metrics, per_dataset, summarize
 from .poolset import PoolSet
-from .train import TaskLog, train_task
+from .runfolder import RunFolder
+from .train import TaskLog, task_seed, train_task
+
+CHANCE_MARGIN = 1.0     # points: a last row this close to chance everywhere is flagged
+LOSS_RISE = 10.0        # a task whose loss ends this many times above its start is flagged
 
 
 @dataclass
@@ -61,10 +81,11 @@ class RunResult:
     counts: List[Dict[str, torch.Tensor]]        # per task: {pool name: (rank,) counts}
     merged: List[Dict[str, torch.Tensor]]        # per task: {pool name: merged expert ids}
     logs: List[TaskLog]
-    seconds: float
+    seconds: float                               # wall time of the run, over all its processes
     out_dir: Optional[Path] = None
     zeroshot: Optional[List[float]] = None       # the untrained model's row, if measured
     pools: Optional[PoolSet] = field(default=None, repr=False)   # live pools (not saved)
+    warnings: List[str] = field(default_factory=list)           # suspicious outcomes
 
     @property
     def after_merge(self) -> List[float]:
@@ -78,41 +99,6 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------ files
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    _atomic_write(path, w)
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _write_torch(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _versions() -> Dict[str, str]:
-    import open_clip
-    return dict(r1lab=__version__, torch=torch.__version__, open_clip=open_clip.__version__,
-                python=platform.python_version())
-
-
 def protocol_record(benchmark: Benchmark, cfg: DACConfig, method: str, model_name: str,
                     device) -> Dict:
     return dict(benchmark=benchmark.name, order=benchmark.task_names,
@@ -124,7 +110,7 @@ def protocol_record(benchmark: Benchmark, cfg: DACConfig, method: str, model_nam
                 splits={t.name: dict(train=len(t.train), test=len(t.test), **{
                     k: v for k, v in t.info.items() if isinstance(v, (str, int, float))})
                     for t in benchmark.tasks},
-                benchmark_protocol=benchmark.protocol, versions=_versions())
+                benchmark_protocol=benchmark.protocol, versions=versions())
 
 
 def _write_accuracy_csv(path: Path, names: List[str], A: np.ndarray) -> None:
@@ -134,7 +120,7 @@ def _write_accuracy_csv(path: Path, names: List[str], A: np.ndarray) -> None:
             wr.writerow(["after_task"] + names)
             for t, row in enumerate(A):
                 wr.writerow([names[t]] + [f"{v:.4f}" for v in row])
-    _atomic_write(path, w)
+    atomic_write(path, w)
 
 
 def read_accuracy_csv(path) -> tuple:
@@ -145,17 +131,110 @@ def read_accuracy_csv(path) -> tuple:
     return names, np.array([[float(v) for v in r[1:]] for r in rows[1:]])
 
 
+# ------------------------------------------------------------------------------ checks
+def _first_image(ds) -> torch.Tensor:
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[0][0]
+    return ds[0][0]
+
+
+def preflight(benchmark: Benchmark, bundle, cfg: DACConfig, method: str, num_workers=0,
+              stop_after=None) -> None:
+    """Everything that can be checked before any work: raises ``ConfigError`` naming it.
+
+    The stream (at least one task; one task is fine, its Transfer is undefined), worker and
+    stop counts, per-task learning rates against the stream's datasets, and the model's input
+    size against the images of the benchmark's first task (one image decoded).
+    """
+    if len(benchmark.tasks) == 0:
+        raise ConfigError(f"the benchmark {benchmark.name} has no tasks")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"num_workers (--workers) must be an integer >= 0, got {num_workers!r}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or stop_after < 1):
+        raise ConfigError(f"stop_after must be an integer >= 1 or None, got {stop_after!r}")
+    if method != "zeroshot":
+        cfg.check_stream(benchmark.task_names, stream_name(benchmark))
+    side = model_image_size(bundle.model)
+    if side is None:
+        return
+    task = benchmark.tasks[0]
+    for split, ds in (("test", task.test), ("train", task.train)):
+        if len(ds) == 0:
+            continue
+        try:
+            shape = tuple(_first_image(ds).shape[-2:])
+        except Exception:  # noqa: BLE001 - a corrupt image: verify_data reports every one
+            continue
+        if shape != (side, side):
+            raise ConfigError(
+                f"the model {getattr(bundle, 'name', '?')} takes {side}x{side} images, but the "
+                f"{benchmark.name} benchmark's {split} images are {shape[0]}x{shape[1]} (task "
+                f"{task.name}): use a model made for {shape[0]}-px images (MTIL / X-TAIL: e.g. "
+                f"--model ViT-B-16-quickgelu), or a benchmark made for this model (the tiny CLIP: "
+                f"--benchmark world)")
+
+
+def verify_data(benchmark: Benchmark, cfg: DACConfig, tasks) -> None:
+    """Decode every image of the few-shot subsets of ``tasks`` (indices) before training;
+    raise ``DataRootProblems`` / ``DatasetIncomplete`` listing every corrupt file by path."""
+    todo = [benchmark.tasks[t] for t in tasks if not isinstance(benchmark.tasks[t].train, TensorDataset)]
+    if not todo or not cfg.shots:
+        return
+    from .datasets.checks import DataRootProblems, DatasetIncomplete, few_shot_problems
+    problems = [p for task in todo for p in few_shot_problems(task, cfg.shots, cfg.seed)]
+    if len(problems) == 1:
+        raise DatasetIncomplete(problems[0])
+    if problems:
+        raise DataRootProblems(problems)
+
+
+def chance_levels(benchmark: Benchmark) -> List[float]:
+    """Accuracy (%) of guessing, per test set: 100 / classes it is scored over."""
+    if benchmark.label_space == "union":
+        return [100.0 / sum(t.num_classes for t in benchmark.tasks)] * len(benchmark.tasks)
+    return [100.0 / t.num_classes for t in benchmark.tasks]
+
+
+def run_warnings(A: np.ndarray, chance: List[float], logs: List[TaskLog]) -> List[str]:
+    """Warnings of a finished run: every cell of the last row within CHANCE_MARGIN points of
+    chance; a task whose loss ended more than LOSS_RISE times above where it started (mean of
+    the first and last tenth of its steps)."""
+    out = []
+    last = np.asarray(A)[-1]
+    if np.all(np.abs(last - np.asarray(chance)) <= CHANCE_MARGIN):
+        out.append(f"every accuracy of the last row is within {CHANCE_MARGIN:g} point of chance "
+                   f"({', '.join(f'{a:.1f}' for a in last)}): the model has collapsed; the likely "
+                   f"cause is a learning rate too high (lower it with --set lr=...)")
+    for log in logs:
+        n = max(1, len(log.loss) // 10)
+        if len(log.loss) < 2:
+            continue
+        first, end = float(np.mean(log.loss[:n])), float(np.mean(log.loss[-n:]))
+        if first > 0 and end > LOSS_RISE * first:
+            out.append(f"the loss of task {log.task} rose from {first:.3g} to {end:.3g} "
+                       f"(more than {LOSS_RISE:g}x): training was unstable; lower the learning rate")
+    return out
+
+
 # ------------------------------------------------------------------------------ engine
 def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac",
                out_dir: Union[str, Path, None] = None, resume: bool = True,
                device="cpu", progress: bool = True, zeroshot_row: bool = False,
                stop_after: Optional[int] = None, cache_dir: Union[str, Path, None] = None,
-               num_workers: int = 0, eval_bf16: bool = False) -> RunResult:
+               num_workers: int = 0, eval_bf16: bool = False, overwrite: bool = False,
+               fallback: bool = False) -> RunResult:
     """Run ``method`` (see ``r1lab.config.METHODS``) over the benchmark's task stream.
 
     bundle       a ``ClipBundle`` (model, tokenizer, name); the model is modified in place
-    out_dir      the run folder (None: nothing is written and nothing can resume)
-    resume       continue from the last finished task found in ``out_dir``
+    out_dir      the run folder (None: nothing is written and nothing can resume); locked
+                 for the run, and resumed only when it holds this very run (identity.json)
+    resume       continue from the last finished task found in ``out_dir`` (a finished
+                 folder is reloaded without training); False on a folder holding a run
+                 refuses, unless ``overwrite``
+    overwrite    with resume=False: move the old run to ``<out_dir>.old-<time>`` first
+    fallback     on a corrupt checkpoint, resume from the last readable one (the bad files
+                 are kept as ``*.corrupt``) instead of stopping
     zeroshot_row also evaluate the untouched model first (recorded, not part of the matrix)
     stop_after   stop after this many tasks (the run stays resumable)
     cache_dir    where preprocessed test sets live (default ``out_dir/cache``; see cache.py)
@@ -163,66 +242,90 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
     eval_bf16    evaluate under bf16 autocast (GPU speed option; fp32 reproduces the paper)
     """
     t_start = time.time()
+    mcfg = method_config(method, cfg)
+    preflight(benchmark, bundle, mcfg, method, num_workers, stop_after)
+    out = Path(out_dir) if out_dir is not None else None
+    folder = None
+    if out is not None:
+        identity = run_identity(benchmark, bundle, mcfg, method, device, eval_bf16)
+        folder = RunFolder(out, identity, dict(method=method, config=mcfg.to_dict(), model=bundle.name),
+                           protocol_record(benchmark, mcfg, method, bundle.name, device))
+        folder.open(resume, overwrite, progress)
+    try:
+        return _run(benchmark, bundle, mcfg, method, out, folder, resume, torch.device(device),
+                    progress, zeroshot_row, stop_after, cache_dir, num_workers, eval_bf16,
+                    fallback, t_start)
+    finally:
+        if folder is not None:
+            try:
+                folder.ensure_record()   # the record stays with the checkpoints, whatever happened
+            except OSError:              # (a full disk: the error being raised says so)
+                pass
+            folder.close()
+
+
+def _run(benchmark, bundle, mcfg, method, out, folder, resume, device, progress, zeroshot_row,
+         stop_after, cache_dir, num_workers, eval_bf16, fallback, t_start) -> RunResult:
     model, tokenizer = bundle.model, bundle.tokenizer
-    device = torch.device(device)
-    model.to(device)
     names = benchmark.task_names
     T = len(names)
-    out = Path(out_dir) if out_dir is not None else None
-    mcfg = method_config(method, cfg)
+    done = _read_checkpoints(out, T, fallback, progress) if (out is not None and resume) else []
+    start = len(done)
+    finished = _finished(out) if (out is not None and resume) else None
+    if method != "zeroshot" and start < T:
+        verify_data(benchmark, mcfg, range(start, T))
+    model.to(device)
 
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg_path = out / "config.json"
-        record = dict(method=method, config=mcfg.to_dict(), model=bundle.name)
-        if cfg_path.exists() and resume:
-            old = json.loads(cfg_path.read_text())
-            if json.loads(json.dumps(record, default=str)) != old:
-                raise ValueError(f"{out} holds a run with another configuration; use a new --out "
-                                 f"folder, or resume=False to start over there")
-        _write_json(cfg_path, record)
-        _write_json(out / "protocol.json", protocol_record(benchmark, mcfg, method, bundle.name, device))
+    # a finished folder is reloaded without evaluating anything (except a missing zero-shot row)
+    reload = finished is not None and (method == "zeroshot" or start == T)
+    zs_file = None if out is None else out / "zeroshot.json"
+    zs = None
+    if (zeroshot_row or method == "zeroshot") and zs_file is not None and resume and zs_file.exists():
+        zs = json.loads(zs_file.read_text())["row"]
+    need_zs = (zeroshot_row or method == "zeroshot") and zs is None
 
     # every evaluation reads the same preprocessed test sets (built on first use)
     if cache_dir is None and out is not None:
         cache_dir = out / "cache"
     test_sets = None
-    if cache_dir is not None:
+    if cache_dir is not None and (need_zs or not reload):
         test_sets = cached_test_sets(benchmark, cache_dir, mcfg.eval_batch_size, num_workers, progress)
     ev = dict(test_sets=test_sets, num_workers=num_workers, progress=progress,
               amp_dtype=torch.bfloat16 if eval_bf16 else None)
-
-    zs = None
-    if zeroshot_row or method == "zeroshot":
+    if need_zs:
         zs = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, **ev)
+        if zs_file is not None:
+            write_json(zs_file, dict(row=zs))
 
     if method == "zeroshot":
         A = np.tile(np.asarray(zs), (T, 1))
         res = RunResult(method, names, A, summarize(A), [None] * T, [{}] * T, [{}] * T, [],
                         time.time() - t_start, out, zs)
-        if out is not None:
-            _finish(out, res)
-        return res
+        return _conclude(res, out, folder, finished, benchmark, progress)
 
     pools = attach_pools(model, mcfg)
-    rows: List[List[float]] = []
-    before: List[Optional[float]] = []
-    counts: List[Dict[str, torch.Tensor]] = []
-    merged: List[Dict[str, torch.Tensor]] = []
-    logs: List[TaskLog] = []
-
-    start = 0
-    if out is not None and resume:
-        start = _resume(out, pools, rows, before, counts, merged, logs, T)
-        if start and progress:
+    rows = [c["row"] for c in done]
+    before = [c["before_merge"] for c in done]
+    counts = [c["counts"] for c in done]
+    merged = [c["merged"] for c in done]
+    logs = [TaskLog(**c["log"]) for c in done]
+    elapsed = 0.0
+    if done:
+        pools.load_adapter_state(done[-1]["adapter"], replay_merges=True)
+        elapsed = float(done[-1].get("elapsed", sum(log.seconds for log in logs)))
+        done[-1]["adapter"] = None
+        if progress and start < T:
             print(f"[r1lab] resuming {out} after task {start}/{T} ({names[start - 1]})")
 
     for t in range(start, T):
         task = benchmark.tasks[t]
-        torch.manual_seed(mcfg.seed + 1000 * t)
+        torch.manual_seed(task_seed(mcfg, t))
         pools.reset()
         data = few_shot(task.train, mcfg.shots, seed=mcfg.seed) if mcfg.shots else _full(task.train)
-        log = train_task(model, tokenizer, pools, task, data, mcfg, t, device, progress)
+        try:
+            log = train_task(model, tokenizer, pools, task, data, mcfg, t, device, progress)
+        except RunDiverged as e:
+            raise (e.with_kept(str(out)) if out is not None and t > 0 else e) from None
         b = None
         if mcfg.eval_before_merge:   # the un-merged pool, routing in eval mode
             b = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, only=[t], **ev)[0]
@@ -234,7 +337,9 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
         before.append(b)
         logs.append(log)
         if out is not None:
-            _checkpoint(out, t, pools, row, b, counts[-1], merged[-1], log)
+            folder.ensure_record()
+            _checkpoint(out, t, pools, row, b, counts[-1], merged[-1], log,
+                        elapsed + time.time() - t_start)
         if progress:
             bm = "" if b is None else f" (before merge {b:.1f})"
             print(f"[r1lab] {method} task {t + 1}/{T} {task.name}: own {row[t]:.1f}{bm}, "
@@ -244,71 +349,121 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
 
     A = np.full((T, T), np.nan)
     A[:len(rows)] = np.asarray(rows)
-    finished = len(rows) == T
-    res = RunResult(method, names, A, summarize(A) if finished else None, before, counts, merged,
-                    logs, time.time() - t_start, out, zs, pools)
-    if out is not None and finished:
+    complete = len(rows) == T
+    res = RunResult(method, names, A, summarize(A) if complete else None, before, counts, merged,
+                    logs, elapsed + time.time() - t_start, out, zs, pools)
+    if not complete:
+        return res
+    return _conclude(res, out, folder, finished if start == T else None, benchmark, progress)
+
+
+def _conclude(res: RunResult, out, folder, finished, benchmark, progress) -> RunResult:
+    """A finished run: its warnings, its files (unless reloaded from a finished folder)."""
+    if finished is not None:                       # reloaded: the original time and warnings
+        res.seconds = float(finished["seconds"])
+        res.warnings = list(finished.get("warnings", []))
+    else:
+        res.warnings = run_warnings(res.accuracy, chance_levels(benchmark), res.logs)
+    if folder is not None:
+        res.warnings += [w for w in folder.warnings if w not in res.warnings]
+    if out is not None and finished is None:
         _finish(out, res)
+    if progress:
+        for w in res.warnings:
+            print(f"[r1lab] warning: {w}")
     return res
 
 
+def _finished(out: Path) -> Optional[Dict]:
+    """metrics.json of a finished folder (None when absent or unreadable: then it is redone)."""
+    try:
+        m = json.loads((out / "metrics.json").read_text())
+        return m if isinstance(m, dict) and "seconds" in m else None
+    except (OSError, ValueError):
+        return None
+
+
 def _full(ds):
-    from torch.utils.data import TensorDataset
     if isinstance(ds, TensorDataset):
         return ds
     xs, ys = zip(*[ds[i] for i in range(len(ds))])
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
-def _checkpoint(out: Path, t: int, pools: PoolSet, row, before, counts, merged, log: TaskLog):
-    _write_torch(out / "checkpoints" / f"task_{t:02d}.pt", dict(
+def _checkpoint(out: Path, t: int, pools: PoolSet, row, before, counts, merged, log: TaskLog,
+                elapsed: float):
+    write_torch(out / "checkpoints" / f"task_{t:02d}.pt", dict(
         task=t, adapter=pools.adapter_state(), row=row, before_merge=before,
-        counts=counts, merged=merged, log=log.__dict__))
+        counts=counts, merged=merged, log=log.__dict__, elapsed=elapsed))
 
 
-def _resume(out: Path, pools: PoolSet, rows, before, counts, merged, logs, T: int) -> int:
+def _read_checkpoints(out: Path, T: int, fallback: bool, progress: bool) -> List[Dict]:
+    """The checkpoints of the finished tasks, in order (only the last keeps its adapter).
+    A corrupt one raises ``CheckpointCorrupt`` by path, or with ``fallback`` is moved aside
+    (with every later one) and the run resumes before it."""
     ck = out / "checkpoints"
-    done = 0
-    while (ck / f"task_{done:02d}.pt").exists() and done < T:
-        done += 1
-    if done == 0:
-        return 0
-    for t in range(done):
-        c = torch.load(ck / f"task_{t:02d}.pt", map_location="cpu", weights_only=False)
-        rows.append(c["row"])
-        before.append(c["before_merge"])
-        counts.append(c["counts"])
-        merged.append(c["merged"])
-        logs.append(TaskLog(**c["log"]))
-    pools.load_adapter_state(c["adapter"], replay_merges=True)
+    n = 0
+    while n < T and (ck / f"task_{n:02d}.pt").exists():
+        n += 1
+    done: List[Dict] = []
+    for t in range(n):
+        path = ck / f"task_{t:02d}.pt"
+        try:
+            c = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(c, dict) or c.get("task") != t or "adapter" not in c:
+                raise ValueError("not an r1lab checkpoint of this task")
+        except Exception as e:  # noqa: BLE001 - zip, pickle, EOF errors: all mean unreadable
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if not fallback:
+                prev = (f"task_{t - 1:02d}.pt, the last readable one" if t else "the start")
+                raise CheckpointCorrupt(
+                    f"the checkpoint {path} is corrupt ({type(e).__name__}: {why}). Resume from "
+                    f"{prev} with --fallback (python: fallback=True), which keeps the bad file as "
+                    f"{path.name}.corrupt and trains task {t + 1} again", path, t) from None
+            for later in range(t, n):
+                bad = ck / f"task_{later:02d}.pt"
+                bad.rename(bad.with_name(bad.name + ".corrupt"))
+            for stale in ("metrics.json", "accuracy.csv", "counts.pt", "losses.csv"):
+                if (out / stale).exists():
+                    (out / stale).unlink()
+            if progress:
+                print(f"[r1lab] {path} is corrupt ({why}); resuming after task {t} "
+                      f"(kept as {path.name}.corrupt)")
+            break
+        if done:
+            done[-1]["adapter"] = None            # only the last adapter state is needed
+        done.append(c)
     return done
 
 
 def _finish(out: Path, res: RunResult) -> None:
     _write_accuracy_csv(out / "accuracy.csv", res.task_names, res.accuracy)
-    _write_json(out / "metrics.json", dict(
+    write_json(out / "metrics.json", dict(
         method=res.method, **res.metrics.as_dict(), per_dataset=res.table(),
         before_merge=res.before_merge, after_merge=res.after_merge,
-        zeroshot=res.zeroshot, seconds=res.seconds))
+        zeroshot=res.zeroshot, seconds=res.seconds, warnings=res.warnings))
     if res.counts and res.counts[0]:
-        _write_torch(out / "counts.pt", dict(counts=res.counts, merged=res.merged))
+        write_torch(out / "counts.pt", dict(counts=res.counts, merged=res.merged))
+
     def w(tmp):
         with open(tmp, "w", newline="") as f:
             wr = csv.writer(f)
-            wr.writerow(["task", "step", "loss", "task_loss", "ago"])
+            wr.writerow(["task", "step", "loss", "task_loss", "ago", "lr"])
             for log in res.logs:
-                for s, (l, lt, la) in enumerate(zip(log.loss, log.task_loss, log.ago)):
-                    wr.writerow([log.task, s, f"{l:.6f}", f"{lt:.6f}", f"{la:.6f}"])
+                lrs = log.lrs or [float("nan")] * len(log.loss)
+                for s, (l, lt, la, lr) in enumerate(zip(log.loss, log.task_loss, log.ago, lrs)):
+                    wr.writerow([log.task, s, f"{l:.6f}", f"{lt:.6f}", f"{la:.6f}", f"{lr:.6g}"])
     if res.logs:
-        _atomic_write(out / "losses.csv", w)
+        atomic_write(out / "losses.csv", w)
 
 
 def load_run(out_dir) -> RunResult:
-    """Read a finished run folder back into a ``RunResult``."""
+    """Read a finished run folder back into a ``RunResult`` (no model, no live pools; to get
+    those, resume the folder with ``run_stream`` or use ``runcache.cached_run``)."""
     out = Path(out_dir)
     if not (out / "metrics.json").exists():
-        raise FileNotFoundError(f"{out} has no metrics.json: the run is unfinished (resume it with "
-                                f"`python -m r1lab run ... --out {out}`) or the path is wrong")
+        raise RunUnfinished(f"{out} has no metrics.json: the run is unfinished (resume it with "
+                            f"`python -m r1lab run ... --out {out}`) or the path is wrong")
     m = json.loads((out / "metrics.json").read_text())
     names, A = read_accuracy_csv(out / "accuracy.csv")
     cp = out / "counts.pt"
@@ -319,4 +474,4 @@ def load_run(out_dir) -> RunResult:
         if p.exists():
             logs.append(TaskLog(**torch.load(p, weights_only=False)["log"]))
     return RunResult(m["method"], names, A, summarize(A), m["before_merge"], c["counts"], c["merged"],
-                     logs, m["seconds"], out, m.get("zeroshot"))
+                     logs, m["seconds"], out, m.get("zeroshot"), warnings=list(m.get("warnings") or []))

@@ -1,4 +1,4 @@
-"""Training one task (METHOD.md sec. 7-9).
+"""Training one task (docs/method.md sec. 7-9).
 
 Task loss, per mini-batch of N (image, label) pairs. With unit-norm image features v_j and
 text features u_i of template(classname(y_i)) (one template drawn once per task):
@@ -8,11 +8,23 @@ text features u_i of template(classname(y_i)) (one template drawn once per task)
     L_task    = ( CE(logits, T) + CE(logits^T, T^T) ) / 2
 
 Total loss: L = L_task + lambda * L_AGO for tasks 2 onward, L = L_task for the first.
-Optimiser: AdamW on the pools' trainable parameters, cosine decay from lr to lr_min over the
-task's iterations with no warm-up; batches drawn from seeded shuffled epochs, drop_last.
+Optimiser: AdamW on the pools' trainable parameters, peak lr = ``cfg.lr_for(task name)``,
+cosine decay with no warm-up over exactly the task's T = iterations steps:
+
+    lr_s = lr_min + (lr - lr_min) (1 + cos(pi s / T)) / 2,   s = 0 .. T-1   (recorded in the log)
+
+Randomness of task t (index from 0): seed_t = cfg.seed + 1000 t picks the template
+(``random.Random(seed_t)``) and the batches (``torch.Generator().manual_seed(seed_t)``);
+``run.py`` seeds the fresh pool with the same seed_t. Batches come from seeded shuffled
+epochs, drop_last.
+
+Divergence: a non-finite loss (checked every step, at no cost: the loss is read for the log
+anyway) or a non-finite trainable parameter at the end of the task raises ``RunDiverged``
+naming the task, the step and the learning rate.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -24,6 +36,7 @@ from torch.utils.data import TensorDataset
 from .ago import ago_loss
 from .benchmark import Task
 from .config import DACConfig
+from .errors import RunDiverged
 from .poolset import PoolSet
 
 
@@ -35,7 +48,7 @@ def soft_targets(labels: torch.Tensor) -> torch.Tensor:
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                      labels: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric in-batch contrastive loss with soft targets (METHOD.md sec. 8).
+    """Symmetric in-batch contrastive loss with soft targets (docs/method.md sec. 8).
     Features must be L2-normalised; ``logit_scale`` is the log scale (exp is applied)."""
     logits = logit_scale.exp() * text_features @ image_features.T      # (N, N): text i, image j
     T = soft_targets(labels)
@@ -54,6 +67,7 @@ class TaskLog:
     task_loss: List[float] = field(default_factory=list)
     ago: List[float] = field(default_factory=list)         # unweighted L_AGO per step
     seconds: float = 0.0
+    lrs: List[float] = field(default_factory=list)         # learning rate used at each step
 
 
 def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
@@ -77,13 +91,13 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
     before and merges after (see ``run.py``)."""
     import time
     t0 = time.time()
-    seed = cfg.seed + 1000 * task_index
+    seed = task_seed(cfg, task_index)
     template = random.Random(seed).choice(task.templates)
     class_tokens = tokenizer([template.format(c) for c in task.classnames]).to(device)
     images, labels = data.tensors
     gen = torch.Generator().manual_seed(seed)
     params = pools.trainable_parameters()
-    lr = cfg.lr_for_task(task_index)
+    lr = cfg.lr_for(task.name)
     opt = torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations, eta_min=cfg.lr_min)
     use_ago = task_index > 0 and cfg.ago_weight > 0
@@ -101,15 +115,29 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
         l_task = contrastive_loss(v, u, y, logit_scale)
         l_ago = ago_loss(pools.values(), cfg.ago_form) if use_ago else l_task.new_zeros(())
         loss = l_task + cfg.ago_weight * l_ago if use_ago else l_task
+        value = loss.item()
+        if not math.isfinite(value):
+            model.eval()
+            raise RunDiverged(task.name, task_index, step, lr, f"the loss became {value}")
+        log.lrs.append(opt.param_groups[0]["lr"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        log.loss.append(loss.item())
+        log.loss.append(value)
         log.task_loss.append(l_task.item())
         log.ago.append(l_ago.item())
         if on_step is not None:
-            on_step(step, loss.item())
+            on_step(step, value)
     model.eval()
+    bad = [i for i, p in enumerate(params) if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise RunDiverged(task.name, task_index, cfg.iterations - 1, lr,
+                          f"{len(bad)} trainable tensors became non-finite (inf / nan)")
     log.seconds = time.time() - t0
     return log
+
+
+def task_seed(cfg: DACConfig, task_index: int) -> int:
+    """seed_t = cfg.seed + 1000 t: template, batches and fresh pool of task t (from 0)."""
+    return cfg.seed + 1000 * task_index

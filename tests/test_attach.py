@@ -1,4 +1,4 @@
-"""Attaching pools to stock open_clip (METHOD.md sec. 2), tested against open_clip itself.
+"""Attaching pools to stock open_clip (docs/method.md sec. 2), tested against open_clip itself.
 
 The reference is always an untouched copy of the same open_clip model, or a stock model
 whose weights were edited by hand: never r1lab's own forward.
@@ -192,3 +192,29 @@ def test_split_custom_attention_matches_open_clip_attention(mask, extras):
     want = att(x, attn_mask=m)
     assert torch.allclose(split(x, attn_mask=m), want, atol=1e-5)
     assert torch.allclose(split.restore()(x, attn_mask=m), want, atol=1e-6)
+
+
+def test_attach_undoes_everything_when_a_pool_fails_midway(tiny_models, monkeypatch):
+    """Validation catches bad targets first; should a pool still fail while attaching (here the
+    20th), every change made so far is undone."""
+    import r1lab.attach as attach_mod
+    model = copy.deepcopy(tiny_models["default"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [(n, type(m)) for n, m in model.named_modules()]
+    made = []
+
+    class Failing(ExpertPoolLinear):
+        def __init__(self, *a, **k):
+            made.append(1)
+            if len(made) == 20:
+                raise RuntimeError("out of memory (planted)")
+            super().__init__(*a, **k)
+    monkeypatch.setattr(attach_mod, "ExpertPoolLinear", Failing)
+    with pytest.raises(RuntimeError, match="planted"):
+        attach_pools(model, DACConfig.tiny().replace(text_route_token="eot"))
+    assert [(n, type(m)) for n, m in model.named_modules()] == modules
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    monkeypatch.undo()
+    assert len(attach_pools(model, DACConfig.tiny())) == 2 * 2 * 6

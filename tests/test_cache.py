@@ -54,3 +54,25 @@ def test_cached_test_sets_build_once_then_reuse(tmp_path):
     assert ds.reads == reads, "the second call must not touch the dataset"
     assert isinstance(again[0], CachedImages) and torch.equal(again[0][5][0], first[0][5][0])
     assert (tmp_path / "t.npy").exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_cache_built_from_other_data_is_rebuilt(tmp_path):
+    """The metadata records what the cache was built from (length, transform, files, indices)."""
+    from torch.utils.data import Subset
+    ds = Pixels()
+    bm = Benchmark("b", [Task("t", ["a", "b", "c"], ["{}"], Subset(ds, range(10)), Subset(ds, range(10)))])
+    cached_test_sets(bm, tmp_path)
+    reads = ds.reads
+    other = Benchmark("b", [Task("t", ["a", "b", "c"], ["{}"], ds, Subset(ds, list(range(9, -1, -1))))])
+    again = cached_test_sets(other, tmp_path)               # same name and length, other images
+    assert ds.reads == reads + 10
+    assert torch.allclose(again[0][0][0], ds[9][0], atol=1e-5)
+
+
+def test_cache_files_are_published_with_the_users_permissions(tmp_path):
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    build_cache(Pixels(), tmp_path / "t.npy", batch_size=4)
+    for f in ("t.npy", "t.npy.json"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~umask, f

@@ -3,7 +3,7 @@
 Checks: every layout opens through torchvision; counts, labels, transforms and RGB images;
 the seed-42 random splits; Orders I / II and X-TAIL's union label space and protocol record;
 errors a user can act on (missing and incomplete folders), ``check_root``; the class-name and
-template data against PROTOCOL.md; ``few_shot`` on a fixture dataset.
+template data against docs/protocol.md; ``few_shot`` on a fixture dataset.
 """
 import os
 import shutil
@@ -206,7 +206,7 @@ def test_real_label_space_sizes():
     tests = {"Aircraft": 3333, "Caltech101": 1736, "CIFAR100": 10000, "DTD": 1880, "EuroSAT": 5400,
              "Flowers": 6149, "Food": 25250, "MNIST": 10000, "OxfordPet": 3669, "StanfordCars": 8041,
              "SUN397": 21751}
-    assert {n: DATASETS[n]["test"] for n in tests} == tests               # PROTOCOL.md's table
+    assert {n: DATASETS[n]["test"] for n in tests} == tests               # docs/protocol.md's table
 
 
 def test_union_keeps_shared_names_apart():
@@ -298,7 +298,7 @@ def test_check_root_lists_every_problem(tmp_path, fx):
     assert len(check_root(broken, ["MNIST"], check="classes", expected=bcounts)) == 1
 
 
-# ---- class names and templates (PROTOCOL.md) ------------------------------------------------
+# ---- class names and templates (docs/protocol.md) ------------------------------------------------
 
 def test_classnames_json():
     cal = CLASSNAMES["Caltech101"]
@@ -339,3 +339,38 @@ def test_few_shot_on_a_fixture(fx):
     assert sub.tensors[0].shape[1:] == (3, 8, 8)
     again = few_shot(task.train, shots=2, seed=42)
     assert torch.equal(sub.tensors[1], again.tensors[1])
+
+
+# ---- corrupt files: reported by path, never a crash ----------------------------------------
+
+def test_few_shot_indices_are_the_items_few_shot_takes(fx):
+    from r1lab.datasets.checks import few_shot_indices
+    root, counts = fx
+    task = make_task("Food", root, SMALL, SMALL, check="classes", expected=counts["Food"])
+    picks = few_shot_indices(task.train, 2, 42)
+    sub = few_shot(task.train, 2, seed=42)
+    assert sub.tensors[1].tolist() == [dataset_labels(task.train)[i] for i in picks]
+    assert len(picks) == len(set(picks)) == len(sub)
+
+
+@pytest.mark.parametrize("name, rel, keep", [
+    ("Food", "food-101/meta/train.json", 0.5),                      # json cut mid-way
+    ("MNIST", "MNIST/raw/train-images-idx3-ubyte", 0.7),            # shorter than its header says
+    ("Flowers", "flowers-102/setid.mat", 0.3),
+    ("StanfordCars", "stanford_cars/devkit/cars_train_annos.mat", 0.0),   # empty
+])
+def test_truncated_annotation_files_are_named_by_the_quick_check(tmp_path, name, rel, keep):
+    counts = write_fixtures(tmp_path, names=[name])
+    path = tmp_path / rel
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+    problems = check_root(tmp_path, [name], check="classes", expected=counts)
+    assert len(problems) == 1 and f"corrupt annotation file {path}" in problems[0], problems
+    assert "extract it again" in problems[0]
+
+
+def test_empty_listed_images_are_named_by_the_quick_check(tmp_path):
+    counts = write_fixtures(tmp_path, names=["DTD"])
+    img = next((tmp_path / "dtd" / "dtd" / "images" / "banded").glob("*test*.jpg"))
+    img.write_bytes(b"")
+    problems = check_root(tmp_path, ["DTD"], check="classes", expected=counts)
+    assert len(problems) == 1 and "empty (0 bytes)" in problems[0] and str(img) in problems[0]

@@ -138,3 +138,61 @@ def test_union_label_space_scores_over_all_classes():
     res_task = run_stream(fake_benchmark(), random_bundle(), CFG.replace(iterations=2), "zeroshot", None, progress=False)
     # more classes to confuse with: union accuracy can only be lower or equal, cell by cell
     assert np.all(res.accuracy <= res_task.accuracy + 1e-9)
+
+
+# ---- the training recipe (docs/method.md sec. 7-9): each test fails on one planted bug ----------
+
+def test_total_loss_is_task_loss_plus_lambda_ago_from_the_second_task(finished_run):
+    _, res = finished_run
+    first = res.logs[0]
+    assert first.loss == first.task_loss and all(a == 0.0 for a in first.ago)
+    for log in res.logs[1:]:
+        assert any(a > 0 for a in log.ago)
+        for total, task, ago in zip(log.loss, log.task_loss, log.ago):
+            assert total == pytest.approx(task + CFG.ago_weight * ago, rel=1e-5, abs=1e-6)
+            assert abs(total - (task + ago)) > 1e-6 or ago == 0.0     # lambda is applied
+
+
+def test_learning_rate_follows_the_cosine_over_exactly_the_tasks_iterations(finished_run):
+    """lr_s = lr_min + (lr - lr_min)(1 + cos(pi s / T)) / 2 at steps s = 0..T-1 of every task."""
+    import math
+    _, res = finished_run
+    T = CFG.iterations
+    want = [CFG.lr_min + (CFG.lr - CFG.lr_min) * (1 + math.cos(math.pi * s / T)) / 2 for s in range(T)]
+    for log in res.logs:
+        assert log.lr == CFG.lr and len(log.lrs) == T
+        assert log.lrs == pytest.approx(want, rel=1e-6)
+
+
+def test_each_task_reseeds_template_batches_and_fresh_pool(monkeypatch):
+    """seed_t = seed + 1000 t (run.py): the fresh pool, the template and the batch order."""
+    import random
+    import r1lab.run as run_mod
+    import r1lab.train as train_mod
+    from r1lab import attach_pools, method_config
+    cfg = CFG.replace(iterations=2)
+    seen_A, gen_seeds = [], []
+    train, batches = run_mod.train_task, train_mod._batches
+
+    def spy_train(model, tokenizer, pools, *a, **k):
+        seen_A.append(next(iter(pools.values())).A.detach().clone())
+        return train(model, tokenizer, pools, *a, **k)
+
+    def spy_batches(n, batch_size, steps, gen):
+        gen_seeds.append(gen.initial_seed())
+        return batches(n, batch_size, steps, gen)
+    monkeypatch.setattr(run_mod, "train_task", spy_train)
+    monkeypatch.setattr(train_mod, "_batches", spy_batches)
+    bm = fake_benchmark()
+    res = run_stream(bm, random_bundle(), cfg, "dac", None, progress=False)
+    seeds = [cfg.seed + 1000 * t for t in range(3)]
+    assert gen_seeds == seeds
+    assert [log.template for log in res.logs] == \
+        [random.Random(s).choice(task.templates) for s, task in zip(seeds, bm.tasks)]
+    pools = attach_pools(random_bundle().model, method_config("dac", cfg))
+    first = next(iter(pools.values()))
+    for s, A in zip(seeds, seen_A):
+        torch.manual_seed(s)
+        pools.reset()
+        assert torch.equal(first.A, A)
+    assert not torch.equal(seen_A[0], seen_A[1])

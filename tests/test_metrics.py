@@ -8,7 +8,7 @@ from r1lab import metrics
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zscl_mtil"
 ORDER2 = [9, 6, 7, 8, 5, 10, 0, 1, 3, 4, 2]
-# (file, Transfer, Average, Last) from ../shared/reference/zscl_mtil/README.md
+# (file, Transfer, Average, Last): ZSCL's published values (docs/protocol.md, "Published numbers")
 EXPECTED = [
     ("order1_t3_1", 44.6, 55.9, 77.3), ("order1_t3_2", 56.9, 64.7, 74.6),
     ("order1_t3_3", 50.4, 65.7, 80.1), ("order1_t3_4", 57.2, 65.1, 76.6),
@@ -29,7 +29,7 @@ def load_zscl(name: str) -> np.ndarray:
     return A
 
 
-@pytest.mark.skipif(not REF.exists(), reason="../shared/reference/zscl_mtil is not present")
+@pytest.mark.skipif(not REF.exists(), reason="ZSCL's reference matrices (shared/reference/zscl_mtil beside the checkout) are not present")
 @pytest.mark.parametrize("name,tr,av,la", EXPECTED)
 def test_reproduces_published_zscl_values(name, tr, av, la):
     A = load_zscl(name)
@@ -70,6 +70,14 @@ def test_per_dataset_rows_and_table():
     assert [r["last"] for r in rows] == [30.0, 40.0]
     text = metrics.format_table(A, ["a", "b"])
     assert "mean" in text and "20.0" in text
+
+
+def test_one_task_transfer_is_undefined_not_an_error():
+    A = np.array([[42.0]])
+    m = metrics.summarize(A)
+    assert np.isnan(m.transfer) and m.diagonal == 42.0 and m.last == 42.0
+    assert "Transfer n/a" in str(m)
+    assert "n/a" in metrics.format_table(A, ["only"]).splitlines()[-1]
 
 
 @pytest.mark.parametrize("bad", [np.zeros((2, 3)), np.array([[1.0, np.nan], [1.0, 1.0]])])

@@ -1,6 +1,6 @@
 """Is the data root complete? Expected counts, the errors a user can act on, and ``check_root``.
 
-The peers' users lose days to half-extracted archives and dead links (PROTOCOL.md, "What users
+The peers' users lose days to half-extracted archives and dead links (docs/protocol.md, "What users
 of the peers' repositories struggle with"). So every problem is reported with
 
     the dataset, the path looked at, what is missing (a file / folder, or a count found vs
@@ -12,17 +12,29 @@ Expected counts live in ``r1lab/assets/mtil_datasets.json`` (with their sources)
 
     check="full"     classes, train size and test size equal the expected counts, md5 of the
                      files torchvision hashes (CIFAR100, Flowers), every listed image exists
-    check="classes"  only the class count (and that listed images exist): fixtures, subsets
+                     and is not empty; with ``shots`` (``check_root``, and always before a
+                     run trains) every image of the few-shot subsets is decoded
+    check="classes"  only the class count (and that listed images exist and are not empty):
+                     fixtures, subsets
     check=False      nothing beyond what torchvision itself needs to open the dataset
+
+Both checking modes read every annotation file first (json parsed, .mat loaded, CIFAR's
+pickles end in their STOP opcode, MNIST's idx files are as long as their headers say), so a
+truncated one is reported by path instead of crashing inside torchvision. Every corrupt file
+is reported by path with the archive to extract again; ``check_root`` reports, never raises.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 from importlib import resources
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from torchvision.datasets import CIFAR100, Flowers102
+
+from ..errors import R1labError
 from torchvision.datasets.utils import check_md5
 
 _SPEC = json.loads(resources.files("r1lab").joinpath("assets/mtil_datasets.json").read_text())
@@ -38,7 +50,7 @@ MD5 = {
 }
 
 
-class DatasetError(Exception):
+class DatasetError(R1labError):
     """Base class: something in the data root stops a dataset from loading as expected."""
 
 
@@ -145,22 +157,103 @@ def count_problems(found: Dict[str, int], want: Dict[str, int], check) -> List[s
 
 
 def missing_images(paths: Iterable, show: int = 5) -> List[str]:
-    """Images an annotation file lists but the disk does not have (the first ``show`` named)."""
-    gone = [str(p) for p in paths if not os.path.isfile(p)]
-    if not gone:
-        return []
-    return [f"{len(gone):,} image file(s) listed by the annotations are missing, e.g. " + ", ".join(gone[:show])]
+    """Images an annotation file lists but the disk does not have, or has empty (the first
+    ``show`` of each named)."""
+    gone, empty = [], []
+    for p in paths:
+        try:
+            if os.stat(p).st_size == 0:
+                empty.append(str(p))
+        except OSError:
+            gone.append(str(p))
+    out = []
+    if gone:
+        out.append(f"{len(gone):,} image file(s) listed by the annotations are missing, e.g. " + ", ".join(gone[:show]))
+    if empty:
+        out.append(f"{len(empty):,} image file(s) are empty (0 bytes), e.g. " + ", ".join(empty[:show]))
+    return out
+
+
+def reextract(name: str) -> str:
+    """The fix for a corrupt file of ``name``: which archive to extract again."""
+    return f"extract it again from the original archive ({DATASETS[name]['get']})"
+
+
+def _annotation_problem(path: str) -> Optional[str]:
+    """Why the annotation file at ``path`` is unreadable or truncated (None when fine)."""
+    base = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty (0 bytes)"
+        if base.endswith(".json"):
+            with open(path) as f:
+                json.load(f)
+        elif base.endswith(".mat"):
+            from scipy.io import loadmat
+            loadmat(path)
+        elif base.endswith(".txt"):
+            with open(path, "rb") as f:
+                f.read().decode("utf-8")
+        elif "idx" in base and "ubyte" in base:
+            with open(path, "rb") as f:
+                head = f.read(4)
+                ndim = head[3]
+                dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            want = 4 + 4 * ndim + int(math.prod(dims))
+            if size != want:
+                return f"truncated: {size:,} bytes, its header says {want:,}"
+        elif "." not in base:              # CIFAR's pickles: a pickle stream ends with STOP (b".")
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b".":
+                    return "truncated: the pickle does not end with its STOP opcode"
+    except Exception as e:  # noqa: BLE001 - any failure to read is the finding
+        return f"unreadable: {type(e).__name__}: {e}"
+    return None
+
+
+def annotation_problems(name: str, root) -> List[str]:
+    """Every annotation file ``name`` needs, read in full: one line per bad file, by path."""
+    folder = os.path.join(str(root), DATASETS[name]["folder"])
+    out = []
+    for rel, kind in DATASETS[name]["required"]:
+        p = os.path.join(folder, rel)
+        if kind == "file" and os.path.isfile(p):
+            why = _annotation_problem(p)
+            if why:
+                out.append(f"corrupt annotation file {p}: {why}; {reextract(name)}")
+    return out
+
+
+def image_problem(path) -> Optional[str]:
+    """Why the image at ``path`` cannot be used (missing, empty, not an image, truncated:
+    decoded in full), or None."""
+    from PIL import Image
+    try:
+        if os.path.getsize(path) == 0:
+            return f"{path}: empty file (0 bytes)"
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        return f"{path}: {type(e).__name__}: {e}"
+    return None
 
 
 def check_root(root, names: Optional[Sequence[str]] = None, check="full",
-               expected: Optional[Dict[str, dict]] = None) -> List[str]:
+               expected: Optional[Dict[str, dict]] = None, shots: Optional[int] = None,
+               seed: int = 42) -> List[str]:
     """Every problem of the datasets ``names`` (default: all 11) under ``root``, one message
     each; an empty list means every dataset opens and matches its expected counts.
 
     Run it before training: it opens each dataset the way ``make_task`` does (without
     decoding images), so a broken folder is found in seconds, not after ten tasks.
+
+    With ``shots`` (and the training ``seed``), every image of each dataset's few-shot
+    training subset is decoded as well (``few_shot_problems``). Never raises on a bad file:
+    every problem, whatever it is, comes back as a message naming the dataset and path.
     """
-    from .mtil import load_dataset  # here, to keep checks.py importable on its own
+    from .mtil import load_dataset, make_task  # here, to keep checks.py importable on its own
 
     if isinstance(names, str):
         names = [names]
@@ -168,7 +261,78 @@ def check_root(root, names: Optional[Sequence[str]] = None, check="full",
     for name in (names or list(DATASETS)):
         try:
             name = canonical_name(name)
-            load_dataset(name, root, check=check, expected=(expected or {}).get(name))
+            exp = (expected or {}).get(name)
+            if shots:
+                problems += few_shot_problems(make_task(name, root, check=check, expected=exp),
+                                              shots, seed)
+            else:
+                load_dataset(name, root, check=check, expected=exp)
         except (DatasetError, ValueError) as e:
             problems.append(str(e))
+        except Exception as e:  # noqa: BLE001 - report, never crash
+            problems.append(f"MTIL dataset {name!r} could not be checked under {root}: "
+                            f"{type(e).__name__}: {e}")
     return problems
+
+
+class _LabelsOnly:
+    """A stand-in dataset for ``few_shot``: labels only, records which items it picks."""
+
+    def __init__(self, labels: List[int]):
+        self.targets, self.picked = labels, []
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        import torch
+        self.picked.append(i)
+        return torch.zeros(()), self.targets[i]
+
+
+def few_shot_indices(ds, shots: int, seed: int) -> List[int]:
+    """The items ``benchmark.few_shot(ds, shots, seed)`` takes, found without decoding any."""
+    from ..benchmark import dataset_labels, few_shot
+    probe = _LabelsOnly(dataset_labels(ds))
+    few_shot(probe, shots, seed=seed)
+    return probe.picked
+
+
+def few_shot_problems(task, shots: int, seed: int = 42) -> List[str]:
+    """Decode every image of ``task``'s few-shot training subset; one message per dataset
+    listing each corrupt file by path (empty list: all decode). In-memory datasets pass."""
+    from torch.utils.data import TensorDataset
+    train = task.train
+    if isinstance(train, TensorDataset):
+        return []
+    picks = few_shot_indices(train, shots, seed)
+    bad = []
+    base, idx = getattr(train, "dataset", None), getattr(train, "indices", None)
+    if base is not None and idx is not None:
+        from .mtil import listed_images
+        paths = listed_images(base)
+        if paths:
+            bad = [m for m in (image_problem(paths[idx[i]]) for i in picks) if m]
+        else:
+            bad = _decode_problems(train, picks)
+    else:
+        bad = _decode_problems(train, picks)
+    if not bad:
+        return []
+    name = task.info.get("dataset", task.name)
+    head = f"{len(bad)} image(s) of the {shots}-shot training subset do not decode: "
+    if name in DATASETS and task.info.get("path"):
+        root = os.path.dirname(str(task.info["path"]).rstrip("/"))
+        return [str(incomplete(name, root, [head] + [f"  corrupt: {b}" for b in bad]
+                               + [f"fix: {reextract(name)}"]))]
+    return [f"task {task.name}: {head}" + "; ".join(bad)]
+
+
+def _decode_problems(ds, picks) -> List[str]:
+    out = []
+    for i in picks:
+        try:
+            ds[i]
+        except Exception as e:  # noqa: BLE001
+            out.append(f"item {i}: {type(e).__name__}: {e}")
+    return out

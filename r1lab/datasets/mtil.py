@@ -1,6 +1,6 @@
 """The 11 MTIL datasets, the two MTIL orders and X-TAIL, as ``Task`` / ``Benchmark`` objects.
 
-MTIL (ZSCL, ICCV 2023; PROTOCOL.md) reads every dataset through torchvision's own class, from
+MTIL (ZSCL, ICCV 2023; docs/protocol.md) reads every dataset through torchvision's own class, from
 one data root with one folder per dataset in torchvision's layout, and uses no split files:
 
     official train / test splits   Aircraft (variant), CIFAR100, DTD (partition 1), Flowers,
@@ -63,7 +63,7 @@ class Transforms(NamedTuple):
 
 
 def mtil_transforms(image_size: int = 224) -> Transforms:
-    """PROTOCOL.md preprocessing: train RandomResizedCrop(scale 0.9-1.0, bicubic), test
+    """docs/protocol.md preprocessing: train RandomResizedCrop(scale 0.9-1.0, bicubic), test
     Resize(bicubic) + CenterCrop; both ToTensor + CLIP mean / std normalisation."""
     bicubic = T.InterpolationMode.BICUBIC
     norm = [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)]
@@ -75,18 +75,33 @@ def mtil_transforms(image_size: int = 224) -> Transforms:
 class TaskSplit(Subset):
     """``indices`` of a torchvision dataset, each image converted to RGB, then ``transform``.
 
-    A ``Subset``, so ``benchmark.dataset_labels`` reads labels without decoding images.
+    A ``Subset``, so ``benchmark.dataset_labels`` reads labels without decoding images. An
+    image that cannot be read raises ``DatasetIncomplete`` naming its file and the fix.
     """
 
-    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Optional[Callable]):
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Optional[Callable],
+                 name: Optional[str] = None):
         super().__init__(dataset, list(indices))
         self.transform = transform
+        self.name = name
 
     def __getitem__(self, i):
-        img, y = self.dataset[self.indices[i]]
-        if getattr(img, "mode", "RGB") != "RGB":
-            img = img.convert("RGB")
+        j = self.indices[i]
+        try:
+            img, y = self.dataset[j]
+            if getattr(img, "mode", "RGB") != "RGB":
+                img = img.convert("RGB")
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+            raise self._corrupt(j, e) from e
         return (self.transform(img) if self.transform is not None else img), int(y)
+
+    def _corrupt(self, j: int, e: Exception) -> Exception:
+        paths = listed_images(self.dataset)
+        path = paths[j] if j < len(paths) else f"item {j} of {type(self.dataset).__name__}"
+        fix = (checks.reextract(self.name) if self.name in DATASETS
+               else "extract the dataset again from its original archive")
+        return checks.DatasetIncomplete(f"cannot read the image {path} ({type(e).__name__}: {e}); "
+                                        f"the file is corrupt or truncated: {fix}")
 
     def __getitems__(self, idx):  # DataLoader's batched fetch would bypass __getitem__
         return [self[i] for i in idx]
@@ -174,14 +189,16 @@ def _open(name: str, root: str, dl: bool):
     raise ValueError(name)
 
 
-def _listed_images(ds) -> List[str]:
-    """Image paths an annotation file names (empty for in-memory or folder-listed datasets)."""
+def listed_images(ds) -> List[str]:
+    """Image paths of a torchvision dataset, item by item (empty for in-memory datasets)."""
     if isinstance(ds, tvd.Caltech101):
         return [os.path.join(ds.root, "101_ObjectCategories", ds.categories[y], f"image_{i:04d}.jpg")
                 for i, y in zip(ds.index, ds.y)]
     if isinstance(ds, tvd.StanfordCars):
         return [p for p, _ in ds._samples]
-    return list(getattr(ds, "_image_files", None) or getattr(ds, "_images", None) or [])
+    if isinstance(ds, tvd.ImageFolder):
+        return [p for p, _ in ds.samples]
+    return [str(p) for p in (getattr(ds, "_image_files", None) or getattr(ds, "_images", None) or [])]
 
 
 @dataclass
@@ -213,11 +230,18 @@ def load_dataset(name: str, root, download: bool = False, check="full",
         missing = checks.missing_paths(name, root)
         if missing:
             raise checks.not_found(name, root, missing)
+        if check:
+            bad = checks.annotation_problems(name, root)
+            if bad:
+                raise checks.incomplete(name, root, bad)
     try:
         train, test, classnames = _open(name, root, dl)
-    except (RuntimeError, ValueError, KeyError, IndexError, TypeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever torchvision raises, name the file if we can
         what = "download or open" if dl else "open"
-        raise checks.incomplete(name, root, [f"torchvision could not {what} it: {type(e).__name__}: {e}"]) from e
+        bad = checks.annotation_problems(name, root)
+        raise checks.incomplete(name, root, bad or [
+            f"torchvision could not {what} it: {type(e).__name__}: {e}",
+            f"if a file there is damaged, {checks.reextract(name)}"]) from e
     if check == "full" and expected is None:
         bad = checks.md5_problems(name, root)
         if bad:
@@ -236,7 +260,7 @@ def load_dataset(name: str, root, download: bool = False, check="full",
         labels = set(dataset_labels(train)) | set(dataset_labels(test))
         if labels and (min(labels) < 0 or max(labels) >= len(classnames)):
             problems.append(f"labels {min(labels)}..{max(labels)} outside 0..{len(classnames) - 1}")
-        problems += checks.missing_images(_listed_images(train) + (_listed_images(test) if test is not train else []))
+        problems += checks.missing_images(listed_images(train) + (listed_images(test) if test is not train else []))
     if problems:
         raise checks.incomplete(name, root, problems)
     info = {"dataset": name, "torchvision": spec["torchvision"], "path": os.path.join(root, spec["folder"]),
@@ -261,8 +285,8 @@ def make_task(name: str, root, train_transform: Optional[Callable] = None,
     if templates is not None:
         d.info["templates_source"] = "given by the caller"
     return Task(d.name, d.classnames, list(templates or TEMPLATES[d.name]),
-                TaskSplit(d.train, d.train_indices, train_transform),
-                TaskSplit(d.test, d.test_indices, test_transform), d.info)
+                TaskSplit(d.train, d.train_indices, train_transform, d.name),
+                TaskSplit(d.test, d.test_indices, test_transform, d.name), d.info)
 
 
 def _order(order) -> str:
@@ -298,7 +322,7 @@ def _tasks(order_names, names, root, train_transform, test_transform, download, 
 
 def make_mtil(root, order="I", train_transform=None, test_transform=None, download=False,
               check="full", names=None, expected=None) -> Benchmark:
-    """MTIL Order I or II (PROTOCOL.md); ``names`` keeps a subset, in the order's order."""
+    """MTIL Order I or II (docs/protocol.md); ``names`` keeps a subset, in the order's order."""
     key = _order(order)
     tasks = _tasks(ORDERS[key], names, root, train_transform, test_transform, download, check, expected)
     protocol = {"benchmark": "MTIL", "order": key, "tasks": [t.name for t in tasks],
