@@ -23,7 +23,10 @@ from .models import ClipBundle, load_clip
 from .train import contrastive_loss, train_task
 from .run import RunResult, load_run, run_stream
 from .experiment import Comparison, compare, make_benchmark, preset
+from .runcache import cached_run
+from .errors import CheckpointCorrupt, ConfigError, RunDiverged, RunLocked, RunMismatch
 from . import diagnostics, metrics, plots, widgets
+from . import diagram, exercises, notebook
 
 __all__ = [
     "__version__", "DACConfig", "METHODS", "method_config",
@@ -37,5 +40,6 @@ __all__ = [
     "ClipBundle", "load_clip", "contrastive_loss", "train_task",
     "RunResult", "load_run", "run_stream",
     "Comparison", "compare", "make_benchmark", "preset",
-    "diagnostics", "metrics", "plots", "widgets",
+    "cached_run", "CheckpointCorrupt", "ConfigError", "RunDiverged", "RunLocked", "RunMismatch",
+    "diagnostics", "metrics", "plots", "widgets", "diagram", "exercises", "notebook",
 ]

@@ -72,7 +72,7 @@ class RoutingProfile:
 
     def at_k(self, name: str, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(chosen, active) of pool ``name`` as if its top-k were ``k``, replayed from the
-        stored scores with the pool's own rules (METHOD.md sec. 4):
+        stored scores with the pool's own rules (docs/method.md sec. 4):
 
             E_n = TopK_k(p_n);  c_i = sum_n 1[i in E_n];  S = TopK_k(c) per batch
 
@@ -133,7 +133,7 @@ def routing_profile(model, tokenizer, pools: PoolSet, benchmark: Benchmark, n_pe
     tower) through the current pools in eval mode, and count the experts chosen.
 
     Expert indices belong to the pools as they are now: a fresh pool per task means index i
-    of one task's pool has nothing to do with index i of another's (OFFLINE-WORLD.md).
+    of one task's pool has nothing to do with index i of another's (docs/world.md).
     """
     was = model.training
     model.eval()
@@ -335,3 +335,17 @@ def cmp(label: str, mine, reference, atol: float = 1e-6) -> bool:
     approx = bool(np.allclose(a, b, rtol=0.0, atol=atol))
     print(f"{label:<30} | exact: {exact!s:<5} | approx: {approx!s:<5} | maxdiff: {maxdiff:.1e}")
     return approx
+
+
+@torch.no_grad()
+def confusion(model, tokenizer, task, device="cpu", batch_size: int = 256) -> torch.Tensor:
+    """(C, C) zero-shot confusion counts of one task's test set: row = true class, column =
+    predicted class, with the template-averaged head of ``evaluate.zeroshot_head``. Its trace
+    over its sum is the task's top-1 accuracy; an accuracy far *below* chance shows up as a
+    near-empty diagonal with the mass in a few columns (a systematic confusion)."""
+    from .evaluate import encode_images, zeroshot_head
+    head = zeroshot_head(model, tokenizer, task.classnames, task.templates, device, batch_size)
+    feats, labels = encode_images(model, task.test, device, batch_size)
+    pred = (feats @ head.to(feats.device).T).argmax(-1).cpu()
+    C = task.num_classes
+    return torch.bincount(labels.cpu() * C + pred, minlength=C * C).view(C, C)

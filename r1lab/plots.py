@@ -15,13 +15,24 @@ def _ax(ax, size=(5, 4)):
     return ax.figure, ax
 
 
-def accuracy_matrix(A, names: Sequence[str], ax=None, title: str = "", vmin=0, vmax=100):
+def pool_title(name: str) -> str:
+    """A pool's module path in words: ``visual.transformer.resblocks.3.mlp.c_fc`` ->
+    "image tower, block 3, c_fc"; ``transformer.resblocks.0.attn.q`` -> "text tower, block 0, q"."""
+    tower = "image tower" if name.startswith("visual.") else "text tower"
+    parts = name.split(".")
+    block = next((parts[i + 1] for i, p in enumerate(parts) if p == "resblocks" and i + 1 < len(parts)), "?")
+    return f"{tower}, block {block}, {parts[-1]}"
+
+
+def accuracy_matrix(A, names: Sequence[str], ax=None, title: str = "", vmin=0, vmax=100,
+                    cbar: bool = True):
     """The T x T accuracy matrix: rows = after training task t, columns = test set j.
     Cells above the diagonal are zero-shot transfer; the diagonal is plasticity; the last
-    row is the final model."""
-    fig, ax = _ax(ax, (0.6 * len(names) + 2.5, 0.5 * len(names) + 2))
+    row is the final model. The colour scale is fixed (0-100 %) so panels compare."""
+    fig, ax = _ax(ax, (0.7 * len(names) + 3.2, 0.55 * len(names) + 2))
     sns.heatmap(np.asarray(A), annot=True, fmt=".0f", cmap="viridis", vmin=vmin, vmax=vmax,
-                xticklabels=names, yticklabels=names, cbar=False, ax=ax, annot_kws={"size": 8})
+                xticklabels=names, yticklabels=names, cbar=cbar, ax=ax, annot_kws={"size": 9},
+                cbar_kws={"label": "top-1 accuracy (%)"} if cbar else None)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after training")
     ax.set_title(title)
@@ -31,7 +42,7 @@ def accuracy_matrix(A, names: Sequence[str], ax=None, title: str = "", vmin=0, v
 def forgetting_curves(A, names: Sequence[str], ax=None, title: str = "", before_merge=None):
     """Accuracy on each task from the moment it is trained to the end of the stream."""
     A = np.asarray(A)
-    fig, ax = _ax(ax, (6, 3.5))
+    fig, ax = _ax(ax, (7.5, 4.2))
     T = len(names)
     for j in range(T):
         line, = ax.plot(range(j, T), A[j:, j], marker="o", ms=3, label=names[j])
@@ -51,7 +62,7 @@ def metric_bars(stats: Dict[str, Dict[str, tuple]], keys=("transfer", "average",
                 ax=None, title: str = "", zeroshot: Optional[Dict[str, float]] = None):
     """Grouped bars of metric means (with std error bars) per method.
     ``stats`` = {method: {metric: (mean, std)}} (``Comparison.stats``)."""
-    fig, ax = _ax(ax, (7, 3.5))
+    fig, ax = _ax(ax, (8, 4))
     methods = list(stats)
     w = 0.8 / max(len(methods), 1)
     x = np.arange(len(keys))
@@ -75,7 +86,7 @@ def before_after_merge(names: Sequence[str], before: Sequence[float], after: Seq
                        ax=None, title: str = "own-task accuracy at the merge"):
     """The plasticity a partial merge gives up: each task's accuracy just before and just
     after folding its top-m experts into CLIP."""
-    fig, ax = _ax(ax, (6, 3))
+    fig, ax = _ax(ax, (7.5, 3.6))
     x = np.arange(len(names))
     ax.bar(x - 0.2, before, 0.4, label="before merge (k active experts)")
     ax.bar(x + 0.2, after, 0.4, label="after merge (top-m folded in)")
@@ -88,22 +99,24 @@ def before_after_merge(names: Sequence[str], before: Sequence[float], after: Seq
 
 
 def expert_heatmap(freq, rows: Sequence[str], ax=None, title: str = "", vmax=None,
-                   xlabel: str = "expert"):
+                   xlabel: str = "expert", cbar_label: str = "share of hits", cbar: bool = True):
     """A (rows x rank) frequency matrix: how often each expert is chosen, per domain."""
-    fig, ax = _ax(ax, (0.35 * np.asarray(freq).shape[1] + 2.5, 0.35 * len(rows) + 1.5))
+    fig, ax = _ax(ax, (0.4 * np.asarray(freq).shape[1] + 3.0, 0.4 * len(rows) + 1.6))
     sns.heatmap(np.asarray(freq), cmap="mako", vmin=0, vmax=vmax, xticklabels=True,
-                yticklabels=list(rows), ax=ax, cbar_kws={"shrink": 0.7})
+                yticklabels=list(rows), ax=ax, cbar=cbar,
+                cbar_kws={"shrink": 0.8, "label": cbar_label} if cbar else None)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     return fig
 
 
-def gram(G, labels: Sequence[str], ax=None, title: str = "", vmax=1.0):
+def gram(G, labels: Sequence[str], ax=None, title: str = "", vmax=1.0, cbar: bool = True,
+         cbar_label: str = "mean |cos| of merged B columns"):
     """A (T x T) overlap matrix between tasks (|cosine|, 0 = orthogonal)."""
-    fig, ax = _ax(ax, (4.2, 3.6))
+    fig, ax = _ax(ax, (5.0, 3.9))
     sns.heatmap(np.asarray(G), annot=True, fmt=".2f", cmap="rocket_r", vmin=0, vmax=vmax,
-                xticklabels=list(labels), yticklabels=list(labels), ax=ax, cbar=False,
-                annot_kws={"size": 7})
+                xticklabels=list(labels), yticklabels=list(labels), ax=ax, cbar=cbar,
+                annot_kws={"size": 8}, cbar_kws={"label": cbar_label} if cbar else None)
     ax.set_title(title)
     return fig
 
@@ -111,7 +124,7 @@ def gram(G, labels: Sequence[str], ax=None, title: str = "", vmax=1.0):
 def energy_curve(curves: Dict[str, List[float]], ax=None, k_mark: Optional[int] = None,
                  title: str = "energy of B A kept by k experts"):
     """Lines of energy share vs number of experts kept (one line per selection rule)."""
-    fig, ax = _ax(ax, (5, 3.2))
+    fig, ax = _ax(ax, (6.4, 3.8))
     for label, ys in curves.items():
         ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=label)
     if k_mark is not None:
@@ -125,16 +138,19 @@ def energy_curve(curves: Dict[str, List[float]], ax=None, k_mark: Optional[int] 
 
 def update_matrices(mats: Dict[str, np.ndarray], title: str = ""):
     """Side-by-side images of weight updates (e.g. full B A, k experts, the rest)."""
-    fig, axes = plt.subplots(1, len(mats), figsize=(2.6 * len(mats), 2.6))
+    fig, axes = plt.subplots(1, len(mats), figsize=(3.0 * len(mats) + 0.8, 3.2))
     axes = np.atleast_1d(axes)
     lim = max(float(np.abs(m).max()) for m in mats.values()) or 1.0
     for ax, (label, m) in zip(axes, mats.items()):
-        ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_title(label, fontsize=9)
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("input dimension")
+        ax.set_ylabel("output dimension")
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title)
     fig.tight_layout()
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="entry of the update (one scale)")
     return fig
 
 
@@ -153,7 +169,7 @@ def loss_curves(logs, ax=None, title: str = "training loss per task"):
     return fig
 
 
-def examples(benchmark, n: int = 6, split: str = "test", size: float = 1.0):
+def examples(benchmark, n: int = 6, split: str = "test", size: float = 1.25):
     """A grid of images, one row per task: the first image of ``n`` evenly spaced classes,
     each titled with its class name. Images are shown un-normalised (CLIP mean / std)."""
     from .benchmark import dataset_labels
@@ -169,8 +185,25 @@ def examples(benchmark, n: int = 6, split: str = "test", size: float = 1.0):
         for ax, c in zip(row, classes):
             x = ds[labels.index(c)][0]
             ax.imshow(to_images(x[None])[0], interpolation="nearest")
-            ax.set_title(task.classnames[c][:14], fontsize=7)
+            name = task.classnames[c]
+            ax.set_title(name if len(name) <= 16 else name[:15] + "…", fontsize=7)
         row[0].text(-0.15, 0.5, task.name, transform=row[0].transAxes, ha="right", va="center",
                     fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+from .diagram import method_diagram  # noqa: E402  (the method picture, re-exported for notebooks)
+
+
+def confusion_matrix(M, classnames: Sequence[str], ax=None, title: str = ""):
+    """Counts of (true class, predicted class) for one test set (``diagnostics.confusion``)."""
+    M = np.asarray(M)
+    fig, ax = _ax(ax, (0.5 * len(classnames) + 3.2, 0.45 * len(classnames) + 2))
+    sns.heatmap(M, annot=True, fmt="d", cmap="Blues", xticklabels=list(classnames),
+                yticklabels=list(classnames), ax=ax, cbar_kws={"label": "test images"},
+                annot_kws={"size": 8})
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
     return fig

@@ -1,6 +1,6 @@
 """The rank-1 expert pool: one LoRA on one frozen linear, read as r rank-1 experts.
 
-Decomposition (METHOD.md sec. 1). With B in R^{d_out x r} and A in R^{r x d_in},
+Decomposition (docs/method.md sec. 1). With B in R^{d_out x r} and A in R^{r x d_in},
 
     B A = sum_{i=1..r} b_i a_i^T,      b_i = B[:, i],  a_i^T = A[i, :]
 
@@ -66,6 +66,30 @@ class RouteToken:
         self.index: Optional[torch.Tensor] = None
 
 
+class BranchDropout(nn.Module):
+    """Inverted dropout on the LoRA branch input, drop(x) = x * 1[u >= p] / (1 - p) with
+    u ~ U(0, 1) per element (training only; identity in eval mode).
+
+    The same distribution as ``nn.Dropout(p)``; the mask comes from ``torch.rand_like``, which
+    on the CPU is about twice as fast as ``nn.Dropout``'s Bernoulli sampling, and dropout of
+    the 48-288 pool inputs was the largest single cost of a training step on the tiny CLIP
+    (measured: a 20-step task 2.75 s -> 2.27 s on 2 CPU threads)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * (torch.rand_like(x) >= self.p) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class ExpertPoolLinear(nn.Module):
     """A frozen ``nn.Linear`` plus a pool of ``rank`` rank-1 experts and their router.
 
@@ -96,7 +120,7 @@ class ExpertPoolLinear(nn.Module):
         self.A = nn.Parameter(torch.empty(self.rank, d_in, device=dev, dtype=dt))
         self.B = nn.Parameter(torch.zeros(d_out, self.rank, device=dev, dtype=dt))
         self.router = nn.Linear(d_in, self.rank, bias=True, device=dev, dtype=dt)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = BranchDropout(cfg.dropout)
         self.route_token = route_token
         self.register_buffer("counts", torch.zeros(self.rank, dtype=torch.long, device=dev))
         self.register_buffer("past_B", torch.zeros(d_out, 0, device=dev, dtype=dt))
@@ -128,7 +152,7 @@ class ExpertPoolLinear(nn.Module):
 
     @torch.no_grad()
     def reset(self) -> None:
-        """A fresh pool (METHOD.md sec. 2): A Kaiming-uniform(a=sqrt 5), B = 0 so that
+        """A fresh pool (docs/method.md sec. 2): A Kaiming-uniform(a=sqrt 5), B = 0 so that
         Delta W = B A = 0 and the adapted layer equals the base layer, a new random router,
         zero counts. Uses the global torch RNG: seed before calling for reproducibility."""
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
@@ -162,7 +186,7 @@ class ExpertPoolLinear(nn.Module):
     def end_task(self) -> torch.Tensor:
         """Merge the top-m experts into W0, keep what AGO needs, start a fresh pool.
 
-        W0 <- W0 + s * B[:, T] A[T, :]  with T = TopK_m(counts)      (METHOD.md sec. 6)
+        W0 <- W0 + s * B[:, T] A[T, :]  with T = TopK_m(counts)      (docs/method.md sec. 6)
         AGO's past columns: all r columns of B ("all", code) or B[:, T] ("merged", paper).
         Returns T.
         """

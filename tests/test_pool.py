@@ -1,4 +1,4 @@
-"""The rank-1 expert pool (METHOD.md sec. 1, 3-6), checked against hand-written formulas.
+"""The rank-1 expert pool (docs/method.md sec. 1, 3-6), checked against hand-written formulas.
 
 Every expected value here is computed without ``ExpertPoolLinear``'s own code: plain
 ``x @ W.T`` algebra, hand-picked router scores, hand-counted votes.
@@ -181,7 +181,7 @@ def test_disabled_pool_is_the_base_layer():
 
 
 def test_router_reads_token_zero_after_the_branch_dropout():
-    """METHOD.md sec. 3: the router's input is token 0 of the layer input *after* the
+    """docs/method.md sec. 3: the router's input is token 0 of the layer input *after* the
     LoRA-branch dropout; the base path sees the undropped input."""
     torch.manual_seed(0)
     pool = ExpertPoolLinear(nn.Linear(6, 4), DACConfig(rank=5, top_k=3, merge_k=2, dropout=0.5))
@@ -191,13 +191,29 @@ def test_router_reads_token_zero_after_the_branch_dropout():
     torch.manual_seed(123)
     y = pool(x)
     torch.manual_seed(123)
-    xd = F.dropout(x, 0.5, training=True)                       # the same random draw
+    xd = x * (torch.rand_like(x) >= 0.5) / 0.5                  # the same random draw
     scores = torch.softmax(pool.router(xd[:, 0]), -1)
     assert torch.allclose(pool.last.scores, scores.detach(), atol=1e-6)
     mask = pool.last.mask
     W0, b0, A, B = (t.detach() for t in (pool.base.weight, pool.base.bias, pool.A, pool.B))
     expected = x @ W0.T + b0 + 0.2 * ((xd @ A.T) * mask[:, None, :]) @ B.T
     assert torch.allclose(y, expected, atol=1e-6)
+
+
+def test_branch_dropout_is_inverted_dropout():
+    """BranchDropout keeps each element with probability 1 - p, scales kept ones by 1/(1 - p)
+    (so the mean is unchanged), and is the identity in eval mode."""
+    from r1lab.pool import BranchDropout
+    d = BranchDropout(0.2)
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))
+    assert abs(kept.float().mean().item() - 0.8) < 0.01 and abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(d.eval()(x), x)
+    with pytest.raises(ValueError):
+        BranchDropout(1.0)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -326,7 +342,7 @@ def test_image_routers_read_the_cls_token(tiny_models, tiny_images, block_type):
 
 @pytest.mark.parametrize("block_type", ["default", "custom"])
 def test_text_token_zero_routing_is_input_independent(tiny_models, tiny_texts, block_type):
-    """METHOD.md sec. 3 (code fact): under the causal mask, token 0 (start of text) has the
+    """docs/method.md sec. 3 (code fact): under the causal mask, token 0 (start of text) has the
     same hidden state for every prompt, so every prompt gets the same scores."""
     model = copy.deepcopy(tiny_models[block_type])
     pools = _text_tower_routes(model, tiny_texts, DACConfig.tiny().replace(dropout=0.0))
