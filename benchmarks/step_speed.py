@@ -4,7 +4,7 @@ What is timed (one process; the variants interleaved round by round, in an order
 every round, so that load from other processes hits them alike; medians over rounds):
 
   train step   zero_grad, image + text forward, in-batch symmetric contrastive loss
-               (METHOD.md sec. 8, one label per sample), backward, AdamW step
+               (docs/method.md sec. 8, one label per sample), backward, AdamW step
      dac       the paper preset's pools (r = 12, k = 8, m = 4, dropout 0.2, frozen router,
                batch vote), only A and B train
      lora      ``DACConfig.plain_lora()``: the same layer with all 12 experts always active

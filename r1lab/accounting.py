@@ -1,4 +1,4 @@
-"""Parameter accounting, under one stated rule (METHOD.md sec. 2).
+"""Parameter accounting, under one stated rule (docs/method.md sec. 2).
 
 Counted as DAC's trainable parameters: every pool's A (r x d_in) and B (d_out x r), and its
 router (d_in x r weight + r bias) counted apart, whether the router is frozen (the code) or

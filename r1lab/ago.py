@@ -1,4 +1,4 @@
-"""Activation-guided orthogonal (AGO) loss (METHOD.md sec. 7), for tasks 2 onward.
+"""Activation-guided orthogonal (AGO) loss (docs/method.md sec. 7), for tasks 2 onward.
 
 Only the output side of the experts (columns of B) is constrained. Per pool:
 
@@ -8,7 +8,7 @@ Only the output side of the experts (columns of B) is constrained. Per pool:
 
 and L_AGO = mean of l over the pools. Total loss: L = L_task + lambda * L_AGO.
 
-``ago_form`` variants (METHOD.md sec. 12):
+``ago_form`` variants (docs/method.md sec. 12):
     "code"   the authors' code (default), as above
     "paper"  the paper's normalisation: the mean over the m x n pairs, (1/(m n)) sum |b_i^T p_j|.
              The paper writes the plain dot product; minimising a signed dot product would

@@ -3,7 +3,7 @@
 A ``Benchmark`` is an ordered list of ``Task``s plus the protocol facts a run must record.
 The engine treats every benchmark alike; only the datasets differ.
 
-Few-shot subsets (PROTOCOL.md, "Few-shot MTIL"): the peers iterate the shuffled, augmented
+Few-shot subsets (docs/protocol.md, "Few-shot MTIL"): the peers iterate the shuffled, augmented
 training loader once and keep the first ``shots`` images of every label, freezing the
 augmentation into the subset. ``few_shot`` does the same selection from a seeded permutation
 (the order a seeded shuffled loader visits) and applies the train transform once.

@@ -1,4 +1,4 @@
-"""Zero-shot evaluation (METHOD.md sec. 10, PROTOCOL.md "Evaluation head").
+"""Zero-shot evaluation (docs/method.md sec. 10, docs/protocol.md "Evaluation head").
 
 Head of a dataset with classes c and templates t_1..t_n:
 

@@ -1,4 +1,4 @@
-"""Parameter accounting (METHOD.md sec. 2): the paper preset on ViT-B/16 gives the paper's
+"""Parameter accounting (docs/method.md sec. 2): the paper preset on ViT-B/16 gives the paper's
 18.99 MiB against CLIP's 570.76 MiB."""
 import copy
 

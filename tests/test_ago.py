@@ -1,4 +1,4 @@
-"""The activation-guided orthogonal loss (METHOD.md sec. 7) on examples computed by hand."""
+"""The activation-guided orthogonal loss (docs/method.md sec. 7) on examples computed by hand."""
 import pytest
 import torch
 import torch.nn as nn

@@ -61,7 +61,7 @@ def test_profile_stores_one_score_row_per_routed_sample():
 
 
 def test_text_routing_on_start_of_text_is_the_same_for_every_prompt():
-    """METHOD.md sec. 3: under the causal mask token 0 never sees the prompt."""
+    """docs/method.md sec. 3: under the causal mask token 0 never sees the prompt."""
     prof, _ = _profile()
     for name in prof.tower("text"):
         s = prof.scores[name]

@@ -1,4 +1,4 @@
-"""End of task and export (METHOD.md sec. 6): the merged model is plain open_clip again.
+"""End of task and export (docs/method.md sec. 6): the merged model is plain open_clip again.
 
 References: a fresh stock open_clip model that loads the exported weights (``strict=True``),
 open_clip's own ``create_model`` reading the saved safetensors file, and weights edited by

@@ -17,6 +17,14 @@ def tiny():
     return load_clip("tiny")
 
 
+@pytest.fixture
+def one_thread():
+    """Pretraining sets torch's thread count; use one (steady on a busy machine), then restore."""
+    n = torch.get_num_threads()
+    yield 1
+    torch.set_num_threads(n)
+
+
 def test_tiny_loads_offline_in_eval_float32(tiny):
     assert isinstance(tiny, ClipBundle) and tiny.name == "tiny"
     assert not tiny.model.training
@@ -74,10 +82,11 @@ def test_missing_folder_names_path_and_rebuild_command(tmp_path, monkeypatch):
         load_clip("tiny")
 
 
-def test_pretrain_smoke(tmp_path, monkeypatch):
+def test_pretrain_smoke(tmp_path, monkeypatch, one_thread):
     """Three steps at batch 16 write every artefact, and the result loads."""
     out = tmp_path / "clip"
-    assert P.main(["--out", str(out), "--steps", "3", "--batch", "16", "--quiet", "--no-probe"]) == 0
+    assert P.main(["--out", str(out), "--steps", "3", "--batch", "16", "--quiet", "--no-probe",
+                   "--eval-per-class", "4", "--threads", str(one_thread)]) == 0
     for name in (P.CONFIG, P.WEIGHTS, P.ZEROSHOT, P.CARD):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.tmp"))
@@ -86,6 +95,22 @@ def test_pretrain_smoke(tmp_path, monkeypatch):
     assert "Continual-learning yardstick" in (out / P.CARD).read_text()
     monkeypatch.setenv(TINY_ENV, str(out))
     assert load_clip("tiny").info["weights"] == str(out / P.WEIGHTS)
+
+
+def test_pretrain_resumes_bit_for_bit(tmp_path, one_thread):
+    """A run stopped after its checkpoint and started again ends with the same weights as
+    one that never stopped (model, optimiser and data stream are all restored)."""
+    kw = dict(steps=4, batch=8, warmup=2, progress=False, threads=one_thread)
+    straight, _, _ = P.pretrain(**kw)
+    ck = tmp_path / P.CHECKPOINT
+    P.pretrain(**kw, checkpoint=ck, checkpoint_every=2)     # leaves the step-2 checkpoint behind
+    assert torch.load(ck, weights_only=False)["step"] == 2
+    resumed, _, log = P.pretrain(**kw, checkpoint=ck, checkpoint_every=2)
+    assert log["resumed"] == 1
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="another run"):
+        P.pretrain(**{**kw, "steps": 5}, checkpoint=ck)
 
 
 def test_soft_target_loss():

@@ -13,7 +13,7 @@ Every pair is drawn fresh from a seeded generator (about 0.1 ms each). The mixtu
 Together 36 % of the pairs come from the alias-only domains. Those images are seen, so the
 image tower learns features for them; their captions use words that never occur in those
 domains' prompts (``domains.py`` lists them), so the zero-shot head knows nothing about them:
-"visual coverage without language coverage" (OFFLINE-WORLD.md, lesson 1).
+"visual coverage without language coverage" (docs/world.md, lesson 1).
 
 Captions are short and repeat often within a batch, which is why pretraining uses soft
 targets over identical captions (``pretrain.clip_loss``).

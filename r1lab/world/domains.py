@@ -30,6 +30,10 @@ positions  9        top left ... bottom right       partial: corners and centre 
                                                     left, middle right, bottom middle never
 =========  =======  ==============================  ==========================================
 
+One overlap is deliberate and harmless: "left" and "right" (in four arrow class names) do occur
+in pretraining, but only in position phrases ("in the top left"), never about an arrow; the
+bundled model's arrows zero-shot is at chance (see data/tiny-clip/MODEL_CARD.md).
+
 Digits are scikit-learn's 1,797 real handwritten digits (8 x 8, upsampled to 24 x 24). A fixed
 part of them (``DIGITS_TEST_PER_CLASS`` per class, chosen by a constant seed that does not
 depend on the benchmark seed) is held out: those are the only digits the test split uses, and

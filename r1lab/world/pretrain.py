@@ -13,7 +13,7 @@ image features v_i and caption features u_j,
     L         = ( CE(logits, T) + CE(logits^T, T) ) / 2
 
 Short generated captions repeat within a batch ("a red star."), and plain InfoNCE would push
-those true positives apart (OFFLINE-WORLD.md, lesson 3). Optimiser: AdamW (betas 0.9 / 0.98,
+those true positives apart (docs/world.md, lesson 3). Optimiser: AdamW (betas 0.9 / 0.98,
 weight decay 0.1 on matrices only), linear warm-up then cosine decay to 0.
 
 Written to ``--out`` (each file to a temporary name first, then ``os.replace``):
@@ -256,7 +256,7 @@ def format_rows(rows: List[Dict]) -> str:
 
 
 def write_card(out: Path, log: Dict, rows: List[Dict], n_params: int, weights_mb: float,
-               command: str, note: str = "") -> None:
+               command: str, note: str = "", n_test: int = 50) -> None:
     import open_clip
     n_tok = TINY_CLIP_CFG["text_cfg"]["vocab_size"] * TINY_CLIP_CFG["text_cfg"]["width"]
     text = f"""# tiny-clip: the bundled CLIP of r1lab's offline default
@@ -288,7 +288,7 @@ on a CPU; it is not a useful image model outside this world.
 32 x 32 RGB, normalised with open_clip's `OPENAI_DATASET_MEAN` / `OPENAI_DATASET_STD`. The world's
 tensors are already normalised, so this model's transforms are the identity.
 
-## Measured on the saved weights (world seed 0, 50 test images per class)
+## Measured on the saved weights (world seed 0, {n_test} test images per class)
 Zero-shot: the template-averaged head of `r1lab.evaluate` over each domain's own classes.
 Probe: logistic regression on frozen unit-norm image features, 16 training images per class.
 "Pretraining words" says whether pretraining captions used the prompts' class words (named),
@@ -322,6 +322,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-probe", action="store_true", help="skip the linear probe in the card")
+    ap.add_argument("--eval-per-class", type=int, default=50,
+                    help="test images per class for the measured figures (fewer: a quicker smoke run)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="save a resumable checkpoint in --out every N steps (0: never)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -338,8 +340,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ckpt.unlink()
     from ..models import load_clip
     bundle = load_clip("tiny", pretrained=str(out))            # measure the saved weights
-    rows = measure_world(bundle.model, bundle.tokenizer, probe=not args.no_probe)
-    zs = {"benchmark": {"source": SOURCE, "seed": 0, "n_test_per_class": 50},
+    bench = make_world_benchmark(seed=0, n_test_per_class=args.eval_per_class)
+    rows = measure_world(bundle.model, bundle.tokenizer, bench, probe=not args.no_probe)
+    zs = {"benchmark": {"source": SOURCE, "seed": 0, "n_test_per_class": args.eval_per_class},
           "accuracy": {r["domain"]: r["zeroshot"] for r in rows},
           "chance": {r["domain"]: r["chance"] for r in rows}}
     if not args.no_probe:
@@ -348,7 +351,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _atomic_write(out / ZEROSHOT, lambda p: p.write_text(json.dumps(zs, indent=2) + "\n"))
     n_params = sum(p.numel() for p in bundle.model.parameters())
     command = "python -m r1lab.world.pretrain " + shlex.join(argv if argv is not None else sys.argv[1:])
-    write_card(out, log, rows, n_params, (out / WEIGHTS).stat().st_size / 1e6, command.strip(), args.note)
+    write_card(out, log, rows, n_params, (out / WEIGHTS).stat().st_size / 1e6, command.strip(), args.note,
+               args.eval_per_class)
     print(format_rows(rows))
     print(f"wrote {out}/ ({log['wall_s']:.0f} s of pretraining)")
     return 0

@@ -17,7 +17,7 @@ image, x to the right, y downwards; angles are in degrees, counter-clockwise as 
 Shapes have a *canonical pose* (triangle and star point up, crescent opens to the right,
 heart has its point down) and the generators jitter it by at most +-25 degrees: a tiny ViT
 trained from scratch cannot learn rotation-invariant shapes in a CPU budget
-(OFFLINE-WORLD.md, lesson 2).
+(docs/world.md, lesson 2).
 
 Images are rounded to 8-bit levels at the end (``finish``), as if read from a PNG; this also
 keeps the last-bit differences of ``sin``/``cos`` between machines from reaching the tensors
