@@ -95,8 +95,11 @@ class Comparison:
         for method, rs in self.runs.items():
             s = self.stats(method)
             secs = np.mean([r.seconds for r in rs])
-            rows.append(f"{method:<14}{len(rs):>6}" + "".join(
-                f"{fmt(s[k][0]):>10} ± {fmt(s[k][1]):<3}" for k in keys) + f"{secs:>9.0f}s")
+            if len(rs) > 1:      # a spread only where there is one: a single seed shows no "± 0.0"
+                cells = "".join(f"{fmt(s[k][0]):>10} ± {fmt(s[k][1]):<3}" for k in keys)
+            else:
+                cells = "".join(f"{fmt(s[k][0]):>16}" for k in keys)
+            rows.append(f"{method:<14}{len(rs):>6}" + cells + f"{secs:>9.0f}s")
         return "\n".join(rows)
 
 
