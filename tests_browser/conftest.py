@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from lab_browser import (CHECKED, CHROMIUM_FLAGS, HOW_TO, NOTEBOOKS, Lab, NotebookTab,  # noqa: E402
+from .lab_browser import (CHECKED, CHROMIUM_FLAGS, HOW_TO, NOTEBOOKS, Lab, NotebookTab,
                          find_chromium, in_ci, widget_notebooks)
 
 

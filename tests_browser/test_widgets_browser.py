@@ -20,7 +20,7 @@ import json
 
 import pytest
 
-from lab_browser import CHECKED, NOTEBOOKS, Lab, NotebookTab, check_widget, saved_png, widget_notebooks
+from .lab_browser import CHECKED, NOTEBOOKS, Lab, NotebookTab, check_widget, saved_png, widget_notebooks
 
 CASES = [(path, cell) for path, cells in widget_notebooks() for cell in cells]
 IDS = [f"{path.stem}-cell{cell}" for path, cell in CASES]
