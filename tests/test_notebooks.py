@@ -23,7 +23,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MAX_BYTES = 5 * 1024 * 1024
 MAX_SECONDS = 180
 MIN_PNG_WIDTH = 450          # a 4.5-inch figure at 100 dpi; the old 72-dpi heatmaps were 412 px
-DRAWS = re.compile(r"(plots\.\w+\(|plt\.(subplots|figure|show)\(|_view\(|_widget\()")
+DRAWS = re.compile(r"(plots\.(?!pool_title)\w+\(|plt\.(subplots|figure|show)\(|_view\(|_widget\()")
 
 
 def _nbtool():
