@@ -5,7 +5,7 @@
 The folder of a run is named by its identity (identity.py: method, resolved configuration,
 benchmark and task list, data record, model name and the content hash of its weights):
 
-    <root>/<method>-<first 12 hex of identity_hash>
+    <root>/<method>-<first 12 hex of the hash of (identity, code_fingerprint)>
 
 and the run goes through ``run_stream(..., out_dir=folder, resume=True)``: a finished folder
 is reloaded without training (its merges replayed onto ``bundle.model``, live ``pools``
@@ -19,12 +19,13 @@ the working directory that holds a pyproject.toml, else ``./runs/cache``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Union
 
 from .config import DACConfig, method_config
-from .identity import identity_hash, run_identity
+from .identity import compared, identity_hash, run_identity
 from .run import RunResult, run_stream
 
 ENV = "R1LAB_RUNS"
@@ -42,11 +43,26 @@ def default_root() -> Path:
     return Path("runs") / "cache"
 
 
+def code_fingerprint() -> str:
+    """SHA-256 of the r1lab package's own source files (every ``*.py`` below it, by relative
+    path and content). Part of a cached run's folder name, so that editing the library (a
+    student changing the AGO loss, say) trains anew instead of reloading a result that the
+    old code produced."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def run_folder(benchmark, bundle, cfg: DACConfig, method: str = "dac",
                root: Union[str, Path, None] = None, device="cpu", eval_bf16: bool = False) -> Path:
-    """The folder ``cached_run`` uses for this run (hashes the model's weights)."""
+    """The folder ``cached_run`` uses for this run: the run's identity (which hashes the
+    model's weights) plus the library's ``code_fingerprint``."""
     ident = run_identity(benchmark, bundle, method_config(method, cfg), method, device, eval_bf16)
-    return Path(root if root is not None else default_root()) / f"{method}-{identity_hash(ident)[:12]}"
+    key = identity_hash(dict(identity=compared(ident), code=code_fingerprint()))
+    return Path(root if root is not None else default_root()) / f"{method}-{key[:12]}"
 
 
 def cached_run(benchmark, bundle, cfg: DACConfig, method: str = "dac",

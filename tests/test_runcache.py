@@ -85,3 +85,13 @@ def test_default_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "bare")
     if not any((d / "pyproject.toml").is_file() for d in (tmp_path / "bare").resolve().parents):
         assert default_root() == Path("runs") / "cache"
+
+
+def test_the_folder_changes_with_the_library_code(tmp_path, monkeypatch):
+    """Editing r1lab must not reload a result the old code produced."""
+    import r1lab.runcache as rc
+    b = random_bundle()
+    before = run_folder(fake_benchmark(), b, FAST, root=tmp_path)
+    assert run_folder(fake_benchmark(), b, FAST, root=tmp_path) == before          # stable
+    monkeypatch.setattr(rc, "code_fingerprint", lambda: "edited")
+    assert run_folder(fake_benchmark(), b, FAST, root=tmp_path) != before
