@@ -3,6 +3,9 @@
     python -m r1lab compare                  DAC vs plain LoRA on the bundled offline world
     python -m r1lab run --method dac --out runs/dac      one run (resumes when --out exists)
     python -m r1lab summary runs/dac runs/lora            metrics of finished runs
+    python -m r1lab sweep --methods dac lora --seeds 0 1 --set ago_weight=0,0.1 --out runs/sweep
+                                  a grid, one submitit job per point (--cluster local/slurm);
+                                  `summary runs/sweep` tables it, mean ± std over seeds
     python -m r1lab zeroshot                              zero-shot accuracy per dataset
     python -m r1lab run --benchmark mtil --order I --data-root /data --model ViT-B-16-quickgelu \\
         --pretrained openai --preset paper --device cuda --out runs/mtil-order1
@@ -21,7 +24,7 @@ from .errors import ConfigError, R1labError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", default="world", choices=("world", "mtil", "xtail"),
+    p.add_argument("--benchmark", default="world", choices=("world", "mtil", "xtail", "mtil-synthetic"),
                    help="world: generated offline default; mtil / xtail: local dataset folders")
     p.add_argument("--data-root", default=None, help="folder holding the MTIL datasets (data/README.md)")
     p.add_argument("--order", default=None, help="MTIL order I or II; for world, comma-separated domains")
@@ -38,6 +41,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loader workers for caching and evaluation")
     p.add_argument("--bf16", action="store_true", help="evaluate under bf16 autocast (GPU; fp32 is the default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--test-scale", type=float, default=1.0,
+                   help="mtil-synthetic only: shrink every test set to this share (0 < s <= 1)")
 
 
 def _config(args) -> DACConfig:
@@ -59,7 +64,14 @@ def _config(args) -> DACConfig:
 def _benchmark(args):
     from .experiment import make_benchmark
     kw = {}
-    if args.benchmark != "world":
+    if args.benchmark == "mtil-synthetic":
+        # random images at the model's input size (no dataset read: timing only);
+        # --test-scale < 1 shrinks the test sets (CPU tests)
+        from .datasets.synthetic import model_input_size
+        kw["image_size"] = model_input_size(args.model, args.pretrained)
+        kw["shots"] = _config(args).shots or 5
+        kw["test_scale"] = args.test_scale
+    elif args.benchmark != "world":
         kw["check"] = False if args.check == "none" else args.check
     names = [n.strip() for n in args.tasks.split(",")] if args.tasks else None
     return make_benchmark(args.benchmark, data_root=args.data_root, order=args.order, names=names, **kw)
@@ -113,7 +125,13 @@ def cmd_run(args) -> int:
 def cmd_summary(args) -> int:
     from .metrics import format_table
     from .run import load_run
+    from .sweep import grid_table, is_sweep
     for d in args.runs:
+        if is_sweep(d):          # a sweep folder: mean ± std over seeds per grid cell
+            print(f"== {d}")
+            print(grid_table(d))
+            print()
+            continue
         res = load_run(d)
         print(f"== {d}")
         print(format_table(res.accuracy, res.task_names))
@@ -122,6 +140,45 @@ def cmd_summary(args) -> int:
             print(f"warning: {w}")
         print()
     return 0
+
+
+def _common_argv(args) -> list:
+    """The options of ``_common`` that differ from their defaults, as ``run`` arguments
+    (--set and --order are the sweep's own: fixed settings, grid axes, orders)."""
+    p = argparse.ArgumentParser(add_help=False)
+    _common(p)
+    argv = []
+    for a in p._actions:
+        if not a.option_strings or a.dest in ("set", "order", "help"):
+            continue
+        v = getattr(args, a.dest, a.default)
+        if v == a.default:
+            continue
+        opt = max(a.option_strings, key=len)
+        if a.nargs == 0:
+            argv.append(opt)
+        else:
+            argv += [opt, *map(str, v if isinstance(v, (list, tuple)) else [v])]
+    return argv
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import expand, parse_sets, run_sweep
+    fixed, grid = parse_sets(args.set)
+    orders = args.orders
+    common = _common_argv(args)
+    if orders is None and args.order is not None:
+        common += ["--order", args.order]
+    points = expand(args.methods, args.seeds, orders, grid)
+    rep = run_sweep(points, args.out, common, fixed, args.cluster, args.partition,
+                    args.timeout_min, args.gpus_per_node, args.threads, not args.quiet)
+    print(f"sweep {args.out}: {len(rep.points)} points, {len(rep.skipped)} skipped (finished), "
+          f"{len(rep.done)} finished now, {len(rep.failed)} failed")
+    for p, why, err in rep.failed:
+        print(f"failed: {p.name}: {why}\n  stderr: {err}", file=sys.stderr)
+    if rep.ok:
+        print(f"table: python -m r1lab summary {args.out}")
+    return 1 if rep.failed else 0
 
 
 def cmd_zeroshot(args) -> int:
@@ -161,7 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on a corrupt checkpoint, resume from the last readable one")
     p.add_argument("--zeroshot-row", action="store_true", help="also evaluate the untrained model first")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("summary", help="print the metrics of finished run folders")
+    p = sub.add_parser("sweep", help="a grid of runs, one scheduler job per point (submitit)")
+    _common(p)
+    p.add_argument("--methods", nargs="+", default=["dac"], choices=METHODS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--orders", nargs="+", default=None,
+                   help="grid over orders (MTIL I II; world: comma-separated domains per order)")
+    p.add_argument("--out", default="runs/sweep", help="parent folder of the run folders")
+    p.add_argument("--cluster", default="local", choices=("local", "slurm", "debug"),
+                   help="submitit executor: local processes, SLURM, or in this process (debug)")
+    p.add_argument("--partition", default=None, help="SLURM partition")
+    p.add_argument("--timeout-min", type=int, default=None, help="time limit of each job (minutes)")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="GPUs of each job")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per job (0: torch's choice)")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("summary", help="print the metrics of finished run folders or of a sweep")
     p.add_argument("runs", nargs="+")
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("zeroshot", help="zero-shot accuracy per dataset")

@@ -1,0 +1,284 @@
+"""Sweeps: a grid of ordinary run folders, dispatched one job per point through submitit.
+
+    python -m r1lab sweep --methods dac lora --seeds 0 1 --set ago_weight=0,0.1 \\
+        --out runs/sweep --cluster local            # or --cluster slurm --partition gpu ...
+    python -m r1lab summary runs/sweep              # mean +- std over seeds per grid cell
+
+The grid is methods x orders x every ``--set FIELD=v1,v2,...`` with several values x seeds
+(a ``--set`` with one value is a fixed setting of every point; for tuple-valued fields such as
+``towers`` or ``betas``, whose values contain commas, separate the alternatives with ``|``).
+Each point is the command line ``python -m r1lab run ... --out <out>/<name>`` with
+``<name> = <method>-<key=value>-...-seed<seed>``: an ordinary resumable run folder, with its
+identity record, its lock and its refusal of a mismatched resume (``run_stream``). A point
+whose folder already holds a finished run of the same configuration (metrics.json) is
+skipped; every other point is one submitit job (``<out>/.submitit`` holds their logs):
+``cluster="local"`` runs the jobs as processes here, ``"slurm"`` on a SLURM cluster,
+``"debug"`` in this process, one after the other. Jobs that stopped part-way resume where
+they stopped when the sweep is run again. Concurrency is the scheduler's: the local executor
+starts every job at once (use --threads to keep them from oversubscribing the cores).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import DACConfig
+from .errors import ConfigError
+
+CLUSTERS = ("local", "slurm", "debug")
+KEYS = ("transfer", "average", "last", "diagonal", "forgetting")
+
+
+# ------------------------------------------------------------------------------ grid
+def _is_tuple_field(name: str) -> bool:
+    hint = typing.get_type_hints(DACConfig).get(name)
+    args = [hint] + list(typing.get_args(hint))
+    return name == "lr_by_task" or any(typing.get_origin(a) is tuple or a is tuple for a in args)
+
+
+def parse_sets(items: Sequence[str]) -> Tuple[List[str], Dict[str, List[str]]]:
+    """(fixed ``FIELD=VALUE`` settings, {field: [grid values]}) of the ``--set`` items."""
+    fixed, grid = [], {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k == "seed":
+            raise ConfigError("--set seed=... in a sweep: give the seeds with --seeds")
+        sep = "|" if ("|" in v or _is_tuple_field(k)) else ","
+        values = [x.strip() for x in v.split(sep)] if sep in v else [v]
+        for x in values:
+            DACConfig.parse_value(k, x)            # a bad value is refused before any job
+        if len(values) > 1:
+            if k in grid:
+                raise ConfigError(f"--set {k}: given twice as a grid axis")
+            grid[k] = values
+        else:
+            fixed.append(f"{k}={values[0]}")
+    return fixed, grid
+
+
+@dataclass(frozen=True)
+class Point:
+    method: str
+    seed: int
+    order: Optional[str] = None                            # None: the common --order
+    values: Tuple[Tuple[str, str], ...] = ()               # grid axes of --set, in order
+
+    @property
+    def name(self) -> str:
+        parts = [self.method]
+        if self.order is not None:
+            parts.append(f"order={self.order}")
+        parts += [f"{k}={v}" for k, v in self.values]
+        parts.append(f"seed{self.seed}")
+        return re.sub(r"[^A-Za-z0-9_.,=+:-]", "_", "-".join(parts))
+
+    @property
+    def cell(self) -> str:
+        """The name without the seed: the grid cell a point belongs to."""
+        return self.name.rsplit("-seed", 1)[0]
+
+
+def expand(methods: Sequence[str], seeds: Sequence[int], orders: Optional[Sequence[str]] = None,
+           grid: Optional[Dict[str, List[str]]] = None) -> List[Point]:
+    """Every point of methods x orders x grid axes x seeds (seeds vary fastest)."""
+    grid = grid or {}
+    axes = [[(k, v) for v in vs] for k, vs in grid.items()]
+    out = []
+    for m in methods:
+        for o in (orders or [None]):
+            for combo in itertools.product(*axes):
+                for s in seeds:
+                    out.append(Point(m, int(s), o, tuple(combo)))
+    names = [p.name for p in out]
+    if len(set(names)) != len(names):
+        raise ConfigError("two grid points would share one run folder: repeated methods, seeds "
+                          "or values in the grid")
+    return out
+
+
+def point_argv(p: Point, out: Path, common: Sequence[str], fixed: Sequence[str]) -> List[str]:
+    """The ``python -m r1lab run`` arguments of a point (resume is on: a rerun continues)."""
+    argv = ["run", "--method", p.method, "--out", str(out / p.name), *common]
+    if p.order is not None:
+        argv += ["--order", p.order]
+    for s in list(fixed) + [f"{k}={v}" for k, v in p.values] + [f"seed={p.seed}"]:
+        argv += ["--set", s]
+    return argv
+
+
+def run_point(argv: List[str], threads: int = 0) -> dict:
+    """The job of one point: ``python -m r1lab run`` in this process (errors propagate, so the
+    scheduler records the job as failed with its traceback in the job's stderr)."""
+    import torch
+    from .cli import build_parser
+    if threads > 0:
+        torch.set_num_threads(threads)
+    args = build_parser().parse_args(argv)
+    rc = args.func(args)
+    metrics = Path(args.out) / "metrics.json"
+    if rc != 0 or not metrics.exists():
+        raise RuntimeError(f"the run {args.out} did not finish (status {rc})")
+    return json.loads(metrics.read_text())
+
+
+def _run_point_caught(argv: List[str], threads: int = 0) -> dict:
+    """``run_point`` for the in-process debug executor, which would open pdb on an exception:
+    the error comes back as ``{"error": ...}`` and is reported like a failed job."""
+    import traceback
+    try:
+        return run_point(argv, threads)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=str, sort_keys=True))
+
+
+def finished(folder: Path, method: str, config: dict) -> bool:
+    """True when ``folder`` holds a finished run (metrics.json) of this method and resolved
+    configuration. Anything else is dispatched: the run resumes it, or refuses a mismatch."""
+    try:
+        rec = json.loads((folder / "config.json").read_text())
+        return ((folder / "metrics.json").exists() and rec.get("method") == method
+                and _jsonable(rec.get("config")) == _jsonable(config))
+    except (OSError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------ dispatch
+@dataclass
+class SweepReport:
+    points: List[Point]
+    skipped: List[Point] = field(default_factory=list)
+    done: List[Point] = field(default_factory=list)
+    failed: List[Tuple[Point, str, str]] = field(default_factory=list)   # point, error, stderr path
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def run_sweep(points: Sequence[Point], out, common: Sequence[str] = (), fixed: Sequence[str] = (),
+              cluster: str = "local", partition: Optional[str] = None,
+              timeout_min: Optional[int] = None, gpus_per_node: Optional[int] = None,
+              threads: int = 0, progress: bool = True) -> SweepReport:
+    """Skip finished points, submit one submitit job per other point, wait for all of them."""
+    import submitit
+    from .cli import _config, build_parser
+    from .config import method_config
+    if cluster not in CLUSTERS:
+        raise ConfigError(f"--cluster must be one of {CLUSTERS}, got {cluster!r}")
+    out = Path(out)
+    parser = build_parser()
+    report = SweepReport(list(points))
+    todo = []
+    for p in points:
+        argv = point_argv(p, out, common, fixed)
+        args = parser.parse_args(argv)
+        cfg = method_config(p.method, _config(args))          # refuses a bad setting now
+        if finished(out / p.name, p.method, cfg.to_dict()):
+            report.skipped.append(p)
+        else:
+            todo.append((p, argv))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(dict(
+        common=list(common), fixed=list(fixed),
+        points={p.name: point_argv(p, out, common, fixed) for p in points}), indent=1))
+    if progress:
+        print(f"[r1lab] sweep {out}: {len(points)} points, {len(report.skipped)} finished "
+              f"(skipped), {len(todo)} to run on {cluster}")
+    if not todo:
+        return report
+    ex = submitit.AutoExecutor(folder=out / ".submitit", cluster=cluster)
+    params = dict(name="r1lab-sweep")
+    if timeout_min is not None:
+        params["timeout_min"] = int(timeout_min)
+    if gpus_per_node is not None:
+        params["gpus_per_node"] = int(gpus_per_node)
+    if partition is not None:
+        params["slurm_partition"] = partition
+    ex.update_parameters(**params)
+    fn = _run_point_caught if cluster == "debug" else run_point
+    jobs = [(p, ex.submit(fn, argv, threads)) for p, argv in todo]
+    for p, job in jobs:
+        try:
+            res = job.result()
+            if isinstance(res, dict) and "error" in res:
+                err = getattr(getattr(job, "paths", None), "stderr", None)
+                if err is not None:
+                    Path(err).parent.mkdir(parents=True, exist_ok=True)
+                    with open(err, "a") as f:
+                        f.write(res.get("traceback", res["error"]))
+                raise RuntimeError(res["error"])
+            report.done.append(p)
+            if progress:
+                print(f"[r1lab] finished {p.name}")
+        except Exception as e:  # noqa: BLE001 - any failure of a job is reported by point
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            why = next((ln.strip() for ln in reversed(lines) if "Error" in ln or "error" in ln),
+                       lines[-1].strip() if lines else type(e).__name__)
+            err = getattr(getattr(job, "paths", None), "stderr", None)
+            report.failed.append((p, why, str(err) if err is not None else "-"))
+            if progress:
+                print(f"[r1lab] FAILED {p.name}: {why} (stderr: {err})")
+    return report
+
+
+# ------------------------------------------------------------------------------ summary
+def is_sweep(folder) -> bool:
+    """A folder that holds run folders rather than being one."""
+    f = Path(folder)
+    return (f.is_dir() and not (f / "metrics.json").exists()
+            and any((d / "metrics.json").exists() or (d / "config.json").exists()
+                    for d in f.iterdir() if d.is_dir()))
+
+
+def _cell_key(d: Path) -> str:
+    """The folder's name without its seed, when it carries one; else everything but the seed."""
+    m = re.match(r"^(.*)-seed\d+$", d.name)
+    if m:
+        return m.group(1)
+    rec = json.loads((d / "config.json").read_text())
+    cfg = {k: v for k, v in (rec.get("config") or {}).items() if k != "seed"}
+    return f"{rec.get('method')} {json.dumps(cfg, sort_keys=True)}"
+
+
+def grid_table(folder) -> str:
+    """Finished run folders of a sweep, grouped by everything but the seed: mean +- std over
+    seeds per grid cell (one seed shows no spread), as ``Comparison.table`` formats it."""
+    from .metrics import fmt
+    from .run import load_run
+    groups: Dict[str, list] = {}
+    unfinished = []
+    for d in sorted(p for p in Path(folder).iterdir()          # not .submitit, not runs moved
+                    if p.is_dir() and not p.name.startswith(".") and ".old-" not in p.name):
+        if not (d / "metrics.json").exists():
+            if (d / "config.json").exists():
+                unfinished.append(d.name)
+            continue
+        groups.setdefault(_cell_key(d), []).append(load_run(d))
+    w = max([14] + [len(k) + 2 for k in groups])
+    rows = [f"{'point':<{w}}{'seeds':>6}" + "".join(f"{k.capitalize():>16}" for k in KEYS)
+            + f"{'time/run':>10}"]
+    for cell, rs in groups.items():
+        ms = [r.metrics.as_dict() for r in rs]
+        mean = {k: float(np.mean([m[k] for m in ms])) for k in KEYS}
+        std = {k: float(np.std([m[k] for m in ms])) for k in KEYS}
+        if len(rs) > 1:
+            cells = "".join(f"{fmt(mean[k]):>10} ± {fmt(std[k]):<3}" for k in KEYS)
+        else:
+            cells = "".join(f"{fmt(mean[k]):>16}" for k in KEYS)
+        rows.append(f"{cell:<{w}}{len(rs):>6}" + cells + f"{np.mean([r.seconds for r in rs]):>9.0f}s")
+    if unfinished:
+        rows.append(f"unfinished: {', '.join(unfinished)}")
+    return "\n".join(rows)
