@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .metrics import fmt, summarize
 from .run import RunResult, run_stream
 
-BENCHMARKS = ("world", "mtil", "xtail")
+BENCHMARKS = ("world", "mtil", "xtail", "mtil-synthetic")
 PRESETS = ("world", "paper", "tiny")
 
 
@@ -69,6 +69,9 @@ def make_benchmark(name: str = "world", data_root: Optional[str] = None, order: 
             return make_mtil(data_root, order=order or "I", train_transform=train_tf,
                              test_transform=test_tf, names=names, **kw)
         return make_xtail(data_root, train_transform=train_tf, test_transform=test_tf, names=names, **kw)
+    if name == "mtil-synthetic":   # random images, real MTIL shapes: for timing a full run
+        from .datasets.synthetic import make_mtil_synthetic
+        return make_mtil_synthetic(order=order or "I", image_size=image_size, names=names, seed=seed, **kw)
     raise ValueError(f"unknown benchmark {name!r}; choose from {BENCHMARKS}")
 
 

@@ -69,7 +69,8 @@ def model_image_size(model) -> int:
 def stream_name(benchmark: Benchmark) -> str:
     """'MTIL Order II', 'X-TAIL Order I', 'world': what per-task learning rates belong to."""
     order = benchmark.protocol.get("order")
-    return f"{benchmark.name} Order {order}" if isinstance(order, str) else benchmark.name
+    name = benchmark.protocol.get("stream_of", benchmark.name)   # MTIL-synthetic runs MTIL's stream
+    return f"{name} Order {order}" if isinstance(order, str) else name
 
 
 def versions() -> Dict[str, str]:
