@@ -322,11 +322,8 @@ def cmp(label: str, mine, reference, atol: float = 1e-6) -> bool:
 
     (the ``cmp`` of Karpathy's nn-zero-to-hero notebooks). Numbers, lists, numpy arrays and
     tensors are compared element-wise in float64; ``approx`` uses ``atol``. Returns approx."""
-    def as64(x):
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        return np.asarray(x, dtype=np.float64)
-    a, b = as64(mine), as64(reference)
+    from .exercises import as_float64
+    a, b = as_float64(mine), as_float64(reference)
     if a.shape != b.shape:
         print(f"{label:<30} | shape {a.shape} != reference shape {b.shape}")
         return False

@@ -23,13 +23,12 @@ from typing import Optional
 import numpy as np
 
 
-def _as_array(x) -> np.ndarray:
-    try:
-        import torch
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+def as_float64(x) -> np.ndarray:
+    """A number, list, numpy array or tensor as a float64 numpy array (what the checks compare;
+    ``diagnostics.cmp`` uses it too)."""
+    import torch
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
@@ -51,12 +50,12 @@ def check(label: str, answer, reference, atol: float = 1e-6, hint: Optional[str]
         print(f"{name} not answered yet: replace the ... in the cell above")
         return False
     try:
-        a = _as_array(answer)
+        a = as_float64(answer)
     except (TypeError, ValueError):
         print(f"{name} not yet: the answer is a {type(answer).__name__}, expected numbers"
               + (f". Hint: {hint}" if hint else ""))
         return False
-    b = _as_array(reference)
+    b = as_float64(reference)
     if a.shape != b.shape:
         print(f"{name} not yet: shape {a.shape} != expected {b.shape}" + (f". Hint: {hint}" if hint else ""))
         return False

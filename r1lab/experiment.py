@@ -87,13 +87,16 @@ class Comparison:
         return {k: (float(np.mean([m[k] for m in ms])), float(np.std([m[k] for m in ms])))
                 for k in ms[0]}
 
-    def table(self) -> str:
+    def table(self, label: str = "method", width: int = 14) -> str:
+        """One row per method (or grid cell, ``label``), names in a column ``width`` wide: mean ±
+        std over seeds of each metric; a single seed shows no spread."""
         keys = ("transfer", "average", "last", "diagonal", "forgetting")
-        head = f"{'method':<14}{'seeds':>6}" + "".join(f"{k.capitalize():>16}" for k in keys) + f"{'time/run':>10}"
+        w = width
+        head = f"{label:<{w}}{'seeds':>6}" + "".join(f"{k.capitalize():>16}" for k in keys) + f"{'time/run':>10}"
         rows = [head]
         if self.zeroshot is not None:
             z = self.zeroshot.metrics.as_dict()
-            rows.append(f"{'zero-shot':<14}{'-':>6}" + "".join(
+            rows.append(f"{'zero-shot':<{w}}{'-':>6}" + "".join(
                 f"{fmt(z[k]):>16}" if k in ("transfer", "average", "last") else f"{'-':>16}" for k in keys) + f"{'-':>10}")
         for method, rs in self.runs.items():
             s = self.stats(method)
@@ -102,7 +105,7 @@ class Comparison:
                 cells = "".join(f"{fmt(s[k][0]):>10} ± {fmt(s[k][1]):<3}" for k in keys)
             else:
                 cells = "".join(f"{fmt(s[k][0]):>16}" for k in keys)
-            rows.append(f"{method:<14}{len(rs):>6}" + cells + f"{secs:>9.0f}s")
+            rows.append(f"{method:<{w}}{len(rs):>6}" + cells + f"{secs:>9.0f}s")
         return "\n".join(rows)
 
 

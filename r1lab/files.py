@@ -40,13 +40,14 @@ def _free(path: Path) -> str:
 
 
 def atomic_write(path, write) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``."""
+    """``write(tmp)`` into a temporary file beside ``path`` (``tmp`` a ``Path``), then rename it
+    onto ``path``: a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        write(tmp)
+        write(Path(tmp))
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as e:

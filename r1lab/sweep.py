@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from .config import DACConfig
 from .errors import ConfigError
+from .files import write_json
 
 CLUSTERS = ("local", "slurm", "debug")
-KEYS = ("transfer", "average", "last", "diagonal", "forgetting")
 
 
 # ------------------------------------------------------------------------------ grid
@@ -191,9 +190,9 @@ def run_sweep(points: Sequence[Point], out, common: Sequence[str] = (), fixed: S
         else:
             todo.append((p, argv))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(dict(
+    write_json(out / "sweep.json", dict(
         common=list(common), fixed=list(fixed),
-        points={p.name: point_argv(p, out, common, fixed) for p in points}), indent=1))
+        points={p.name: point_argv(p, out, common, fixed) for p in points}))
     if progress:
         print(f"[r1lab] sweep {out}: {len(points)} points, {len(report.skipped)} finished "
               f"(skipped), {len(todo)} to run on {cluster}")
@@ -255,8 +254,8 @@ def _cell_key(d: Path) -> str:
 
 def grid_table(folder) -> str:
     """Finished run folders of a sweep, grouped by everything but the seed: mean +- std over
-    seeds per grid cell (one seed shows no spread), as ``Comparison.table`` formats it."""
-    from .metrics import fmt
+    seeds per grid cell (one seed shows no spread): ``Comparison.table`` over the cells."""
+    from .experiment import Comparison
     from .run import load_run
     groups: Dict[str, list] = {}
     unfinished = []
@@ -267,18 +266,8 @@ def grid_table(folder) -> str:
                 unfinished.append(d.name)
             continue
         groups.setdefault(_cell_key(d), []).append(load_run(d))
-    w = max([14] + [len(k) + 2 for k in groups])
-    rows = [f"{'point':<{w}}{'seeds':>6}" + "".join(f"{k.capitalize():>16}" for k in KEYS)
-            + f"{'time/run':>10}"]
-    for cell, rs in groups.items():
-        ms = [r.metrics.as_dict() for r in rs]
-        mean = {k: float(np.mean([m[k] for m in ms])) for k in KEYS}
-        std = {k: float(np.std([m[k] for m in ms])) for k in KEYS}
-        if len(rs) > 1:
-            cells = "".join(f"{fmt(mean[k]):>10} ± {fmt(std[k]):<3}" for k in KEYS)
-        else:
-            cells = "".join(f"{fmt(mean[k]):>16}" for k in KEYS)
-        rows.append(f"{cell:<{w}}{len(rs):>6}" + cells + f"{np.mean([r.seconds for r in rs]):>9.0f}s")
+    width = max([14] + [len(k) + 2 for k in groups])
+    rows = [Comparison(groups).table(label="point", width=width)] if groups else []
     if unfinished:
         rows.append(f"unfinished: {', '.join(unfinished)}")
     return "\n".join(rows)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import shlex
 import sys
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..files import atomic_write
 from .benchmark import SOURCE, make_world_benchmark, to_tensor
 from .captions import pretraining_batch
 
@@ -167,7 +167,7 @@ def pretrain(steps: int = 1500, seed: int = 0, batch: int = 256, lr: float = 1e-
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             state = {"args": args, "model": model.state_dict(), "opt": opt.state_dict(),
                      "rng": rng.bit_generator.state, "step": step + 1, "losses": losses, "spent": account()}
-            _atomic_write(Path(checkpoint), lambda p: torch.save(state, p))
+            atomic_write(Path(checkpoint), lambda p: torch.save(state, p))
     model.eval()
     log = {**args, "threads": torch.get_num_threads(),
            **{k: round(v, 1) if isinstance(v, float) else v for k, v in account().items()},
@@ -178,14 +178,6 @@ def pretrain(steps: int = 1500, seed: int = 0, batch: int = 256, lr: float = 1e-
 
 
 # --- saving, atomically ------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``: a reader never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def save_tiny_clip(model: torch.nn.Module, out: Path) -> None:
     """``open_clip_config.json`` and the float16 ``open_clip_model.safetensors``."""
     from safetensors.torch import save_file
@@ -194,8 +186,8 @@ def save_tiny_clip(model: torch.nn.Module, out: Path) -> None:
     cfg = {"model_cfg": TINY_CLIP_CFG,
            "preprocess_cfg": {"size": 32, "mean": list(_mean()), "std": list(_std()),
                               "interpolation": "bicubic", "resize_mode": "shortest"}}
-    _atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p), metadata={"format": "pt", "dtype": "float16"}))
-    _atomic_write(out / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
+    atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p), metadata={"format": "pt", "dtype": "float16"}))
+    atomic_write(out / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
 
 
 def _mean():
@@ -309,7 +301,7 @@ measured with the continual-learning engine and recorded here. No number is clai
 {SOURCE}: object scenes 50 %, full-frame textures 14 %, counting / arrows / digits 12 % each
 (alias captions). Digits pretraining never uses the held-out test digits.
 """
-    _atomic_write(out / CARD, lambda p: p.write_text(text))
+    atomic_write(out / CARD, lambda p: p.write_text(text))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -348,7 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_probe:
         zs["linear_probe_16shot"] = {r["domain"]: r["probe"] for r in rows}
     zs["pretraining"] = {k: v for k, v in log.items() if k != "loss_curve"}
-    _atomic_write(out / ZEROSHOT, lambda p: p.write_text(json.dumps(zs, indent=2) + "\n"))
+    atomic_write(out / ZEROSHOT, lambda p: p.write_text(json.dumps(zs, indent=2) + "\n"))
     n_params = sum(p.numel() for p in bundle.model.parameters())
     command = "python -m r1lab.world.pretrain " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_card(out, log, rows, n_params, (out / WEIGHTS).stat().st_size / 1e6, command.strip(), args.note,
