@@ -41,6 +41,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loader workers for caching and evaluation")
     p.add_argument("--bf16", action="store_true", help="evaluate under bf16 autocast (GPU; fp32 is the default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--label-space", default=None, choices=("task", "union"),
+                   help="world only: 'union' classifies every test image among all domains' "
+                        "classes (the X-TAIL form); default 'task' (MTIL form)")
+    p.add_argument("--eval-split", default="test", choices=("test", "val"),
+                   help="world only: 'val' scores on a validation split of the training "
+                        "distribution (choose hyper-parameters there, report on test)")
     p.add_argument("--test-scale", type=float, default=1.0,
                    help="mtil-synthetic only: shrink every test set to this share (0 < s <= 1)")
 
@@ -73,6 +79,13 @@ def _benchmark(args):
         kw["test_scale"] = args.test_scale
     elif args.benchmark != "world":
         kw["check"] = False if args.check == "none" else args.check
+    if args.benchmark == "world":
+        kw["eval_split"] = args.eval_split
+        if args.label_space:
+            kw["label_space"] = args.label_space
+    elif args.label_space or args.eval_split != "test":
+        raise ConfigError(f"--label-space and --eval-split apply to the world benchmark only "
+                          f"(mtil has the task label space, xtail the union one)")
     names = [n.strip() for n in args.tasks.split(",")] if args.tasks else None
     return make_benchmark(args.benchmark, data_root=args.data_root, order=args.order, names=names, **kw)
 

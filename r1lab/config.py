@@ -44,6 +44,8 @@ ROUTE_TOKENS = ("sot", "eot")
 SELECTIONS = ("batch", "sample")
 AGO_PAST = ("all", "merged")
 AGO_FORMS = ("code", "paper", "dense")
+TIE_RULES = ("lower", "topk", "random")
+MERGE_RULES = ("topm", "svd")
 
 # Order II learning rates of the paper (docs/method.md sec. 9), listed in Order II's task order,
 # and the same rates keyed by dataset: what the configuration stores.
@@ -54,7 +56,7 @@ ORDER2_LR_BY_TASK: Dict[str, float] = dict(zip(ORDER2_TASKS, ORDER2_LRS))
 ORDER2_STREAM = "MTIL Order II"
 
 INT_FIELDS = ("rank", "top_k", "merge_k", "iterations", "batch_size", "eval_batch_size")
-REAL_FIELDS = ("alpha", "dropout", "ago_weight", "lr", "lr_min", "weight_decay")
+REAL_FIELDS = ("alpha", "dropout", "ago_weight", "lr", "lr_min", "weight_decay", "consolidate")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,12 @@ class DACConfig:
     ago_past: str = "all"         # past B columns in AGO: "all" (code bug) or "merged" (paper)
     ago_form: str = "code"        # "code": sum |cross-Gram|; "paper": mean of pair dots; "dense"
     ago_weight: float = 0.1       # lambda; AGO applies from the second task on
+    tie_rule: str = "lower"       # equal hits / counts at the k-th (m-th) place: "lower" index
+                                  # wins, "topk" = torch.topk's order, "random" (seeded)
+
+    # --- variants beyond the paper (docs/method.md sec. 13); defaults = DAC ----------------------
+    consolidate: float = 0.0      # last share of each task's steps training only the top-m
+    merge_rule: str = "topm"      # "topm": fold the top-m experts; "svd": the rank-m truncation
 
     # --- training (docs/method.md sec. 8-9) ----------------------------------------------------
     lr: float = 2e-3              # AdamW peak learning rate
@@ -131,6 +139,9 @@ class DACConfig:
             bad(f"alpha must be >= 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.consolidate < 1.0:
+            bad(f"consolidate (the share of each task's steps that trains only the top-m experts) "
+                f"must be in [0, 1), got {self.consolidate}")
         if self.ago_weight < 0:
             bad(f"ago_weight (lambda) must be >= 0, got {self.ago_weight}")
         if self.lr <= 0 or self.lr_min < 0 or self.weight_decay < 0:
@@ -160,7 +171,8 @@ class DACConfig:
             put("blocks", tuple(int(b) for b in blocks))
         for name, allowed in (("router", ROUTERS), ("text_route_token", ROUTE_TOKENS),
                               ("selection", SELECTIONS), ("ago_past", AGO_PAST),
-                              ("ago_form", AGO_FORMS)):
+                              ("ago_form", AGO_FORMS), ("tie_rule", TIE_RULES),
+                              ("merge_rule", MERGE_RULES)):
             if getattr(self, name) not in allowed:
                 bad(f"{name}={getattr(self, name)!r} is not one of {allowed}")
 
@@ -274,6 +286,13 @@ def method_config(method: str, base: DACConfig) -> DACConfig:
     ``dac-no-route``   no routing: all r experts active and merged, AGO on (LoRA + AGO)
     ``dac-merge-all``  DAC that merges every active expert (m = k)
     ``zeroshot``       handled by the engine: no training at all
+
+    Beyond the paper (docs/method.md sec. 13), each one change to DAC:
+    ``dac-eot``          text pools route on the end-of-text token instead of start-of-text
+    ``dac-gate``         a learned router: the active experts weighted by renormalised scores
+    ``dac-consolidate``  the last CONSOLIDATE share of each task trains only the top-m experts
+    ``dac-svd``          merge the rank-m truncated SVD of the whole update, not the top-m
+    ``dac-route-m``      compose only m experts per batch (k = m): the vote picks what merges
     """
     if method == "dac":
         return base
@@ -285,12 +304,28 @@ def method_config(method: str, base: DACConfig) -> DACConfig:
         return base.replace(top_k=base.rank, merge_k=base.rank)
     if method == "dac-merge-all":
         return base.replace(merge_k=base.top_k)
+    if method == "dac-eot":
+        return base.replace(text_route_token="eot")
+    if method == "dac-gate":
+        return base.replace(router="gate")
+    if method == "dac-consolidate":
+        return base.replace(consolidate=CONSOLIDATE)
+    if method == "dac-svd":
+        return base.replace(merge_rule="svd")
+    if method == "dac-route-m":
+        return base.replace(top_k=base.merge_k)
     if method == "zeroshot":
         return base
     raise ConfigError(f"unknown method {method!r}; choose from {METHODS}")
 
 
-METHODS = ("zeroshot", "lora", "dac", "dac-no-ago", "dac-no-route", "dac-merge-all")
+METHODS = ("zeroshot", "lora", "dac", "dac-no-ago", "dac-no-route", "dac-merge-all",
+           "dac-eot", "dac-gate", "dac-consolidate", "dac-svd", "dac-route-m")
+BEYOND = ("dac-eot", "dac-gate", "dac-consolidate", "dac-svd", "dac-route-m")
+
+# share of each task's steps that dac-consolidate spends training only the top-m experts,
+# chosen on seed 0 and the world's validation split (docs/method.md sec. 13.3)
+CONSOLIDATE = 0.75
 
 
 # ------------------------------------------------------------------------------ helpers

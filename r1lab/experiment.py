@@ -53,11 +53,13 @@ def make_benchmark(name: str = "world", data_root: Optional[str] = None, order: 
                    names: Optional[Sequence[str]] = None, seed: int = 0, image_size: int = 224,
                    **kw) -> Benchmark:
     """Build a benchmark by name. ``order`` is "I"/"II" for MTIL; for the world, a
-    comma-separated list of domain names or None for the default order."""
+    comma-separated list of domain names or None for the default order, and ``kw`` may set
+    ``label_space="union"`` (the X-TAIL form) and ``eval_split="val"`` (score on a validation
+    split of the training distribution, for choosing hyper-parameters)."""
     if name == "world":
         from .world import make_world_benchmark
         dom = None if order is None else [o.strip() for o in order.split(",")] if isinstance(order, str) else list(order)
-        bm = make_world_benchmark(seed=seed, order=dom)
+        bm = make_world_benchmark(seed=seed, order=dom, **kw)
         return bm.reordered(names) if names else bm
     if name in ("mtil", "xtail"):
         if data_root is None:

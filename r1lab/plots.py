@@ -207,3 +207,64 @@ def confusion_matrix(M, classnames: Sequence[str], ax=None, title: str = ""):
     ax.set_ylabel("true class")
     ax.set_title(title)
     return fig
+
+
+def token_census(rows, title: str = "", axes=None):
+    """Which routers can see the input (``r1lab.route_inputs.census``): one panel per tower,
+    targets x blocks, colour = log10 of the routing token's spread over distinct inputs;
+    cells marked "=" route on a token that is the same for every input."""
+    from .route_inputs import TOL
+    towers = [t for t in ("image", "text") if any(r.tower == t for r in rows)]
+    targets = [t for t in ("q", "k", "v", "o", "c_fc", "c_proj") if any(r.target == t for r in rows)]
+    blocks = sorted({r.block for r in rows})
+    if axes is None:
+        fig, axes = plt.subplots(1, len(towers), figsize=(max(7.0, 0.55 * len(blocks) + 3) * len(towers) / 1.4, 3.4),
+                                 squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    floor = np.log10(TOL) - 1
+    for ax, tower in zip(axes, towers):
+        M = np.full((len(targets), len(blocks)), np.nan)
+        for r in rows:
+            if r.tower == tower:
+                M[targets.index(r.target), blocks.index(r.block)] = max(np.log10(max(r.spread, 1e-30)), floor)
+        annot = np.where(M <= np.log10(TOL), "=", "")
+        sns.heatmap(M, ax=ax, cmap="rocket", vmin=floor, vmax=0, annot=annot, fmt="",
+                    annot_kws={"size": 12, "color": "white", "weight": "bold"},
+                    xticklabels=blocks, yticklabels=targets, cbar=ax is axes[-1],
+                    cbar_kws={"label": "log10 spread of the routing token"} if ax is axes[-1] else None)
+        n = sum(1 for r in rows if r.tower == tower and r.constant)
+        tot = sum(1 for r in rows if r.tower == tower)
+        ax.set_title(f"{tower} tower: {n} of {tot} pools route on a constant (=)")
+        ax.set_xlabel("block")
+        ax.set_ylabel("target")
+        ax.set_yticklabels(targets, rotation=0)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def goal_map(stats: Dict[str, Dict[str, tuple]], ax=None, title: str = "", reference: str = "dac",
+             baseline: str = "lora", tolerance: float = 2.0):
+    """Diagonal (plasticity) against forgetting (stability) per method, mean ± std over seeds
+    (``Comparison.stats``). The shaded box is the goal: forgetting within ``tolerance`` points
+    of ``reference`` and at least half of the diagonal gap from ``reference`` to ``baseline``
+    closed."""
+    fig, ax = _ax(ax, (7.5, 5))
+    ref, base = stats[reference], stats[baseline]
+    need = ref["diagonal"][0] + 0.5 * (base["diagonal"][0] - ref["diagonal"][0])
+    lo = min(s["forgetting"][0] - s["forgetting"][1] for s in stats.values()) - 1
+    hi_diag = max(s["diagonal"][0] + s["diagonal"][1] for s in stats.values()) + 1
+    ax.add_patch(plt.Rectangle((lo, need), ref["forgetting"][0] + tolerance - lo, hi_diag - need,
+                               color="tab:green", alpha=0.12, lw=0))
+    ax.text(lo + 0.2, hi_diag - 0.3, "goal", color="tab:green", va="top", fontsize=10)
+    for m, s in stats.items():
+        ax.errorbar(s["forgetting"][0], s["diagonal"][0], xerr=s["forgetting"][1], yerr=s["diagonal"][1],
+                    fmt="o", capsize=3, label=m)
+        ax.annotate(m, (s["forgetting"][0], s["diagonal"][0]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=9)
+    ax.set_xlabel("forgetting (points, lower is better)")
+    ax.set_ylabel("diagonal: accuracy on the task just learned (%)")
+    ax.set_title(title)
+    return fig

@@ -20,6 +20,19 @@ Because nothing in y depends on p, the router gets no gradient and stays a fixed
 projection ("frozen", the authors' code). ``router="gate"`` or ``"ste"`` make it learnable.
 
 End of task (sec. 6): T = TopK_m(counts); W0 <- W0 + s * B[:, T] A[T, :]; then a fresh pool.
+
+Ties (sec. 13.2): when the k-th and (k+1)-th hits (or the m-th and (m+1)-th counts) are equal,
+``cfg.tie_rule`` decides: "lower" (the lower index wins; deterministic on every device),
+"topk" (whatever order ``torch.topk`` returns, the call of the authors' code; not specified by
+torch) or "random" (uniform among the tied, from the global torch RNG, which the engine seeds).
+
+Variants beyond the paper (sec. 13.3), both off by default:
+    consolidation   ``consolidate()`` fixes S = T = TopK_m(counts so far): until the task ends
+                    only those m experts are composed and trained, the vote stops, and exactly
+                    they are merged (what is merged is what was trained last)
+    SVD merge       ``merge_rule="svd"``: fold the best rank-m approximation of the whole
+                    update, U_m S_m V_m^T of s B A (Eckart-Young), instead of the top-m
+                    experts; AGO keeps U_m as this task's past columns
 """
 from __future__ import annotations
 
@@ -56,6 +69,33 @@ class Route:
         the diagnostics do not hold the forward graph alive."""
         return Route(*(None if t is None else t.detach()
                        for t in (self.scores, self.chosen, self.hits, self.active, self.mask)))
+
+
+def top_indices(values: torch.Tensor, n: int, rule: str = "lower") -> torch.Tensor:
+    """Indices of the ``n`` largest entries of a 1-D tensor, sorted by index, with ties at the
+    n-th place broken by ``rule``: "lower" index first, ``torch.topk``'s own order, or
+    "random" (a uniform draw among equal values from the global torch RNG)."""
+    if n >= values.numel():
+        return torch.arange(values.numel(), device=values.device)
+    if rule == "lower":
+        order = torch.argsort(values, descending=True, stable=True)
+    elif rule == "topk":
+        order = values.topk(n).indices
+    elif rule == "random":
+        jitter = torch.rand(values.shape, device=values.device, dtype=torch.float64)
+        order = torch.argsort(values.to(torch.float64) + 0.5 * jitter, descending=True)
+    else:
+        raise ValueError(f"unknown tie rule {rule!r}; use 'lower', 'topk' or 'random'")
+    return order[:n].sort().values
+
+
+def is_tie(values: torch.Tensor, n: int) -> bool:
+    """True when the n-th and (n+1)-th largest values are equal: the choice of the top n then
+    depends on the tie rule."""
+    if n >= values.numel() or n < 1:
+        return False
+    v = values.sort(descending=True).values
+    return bool(v[n - 1] == v[n])
 
 
 class RouteToken:
@@ -128,6 +168,8 @@ class ExpertPoolLinear(nn.Module):
         self.register_buffer("merged_B", torch.zeros(d_out, 0, device=dev, dtype=dt))
         self.enabled = True   # False: forward is the base linear only
         self.last: Optional[Route] = None
+        self.fixed: Optional[torch.Tensor] = None   # consolidation: the only active experts
+        self._held = None
         self.reset()
 
     # ------------------------------------------------------------------ pool life cycle
@@ -161,6 +203,8 @@ class ExpertPoolLinear(nn.Module):
         self.router.requires_grad_(self.cfg.router != "frozen")
         self.counts.zero_()
         self.last = None
+        self.fixed = None
+        self._held = None
 
     def delta_weight(self, experts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Delta W = s * B[:, E] A[E, :] (all experts when ``experts`` is None)."""
@@ -174,23 +218,65 @@ class ExpertPoolLinear(nn.Module):
         return self.scale * torch.outer(self.B[:, i], self.A[i])
 
     def critical(self, m: Optional[int] = None) -> torch.Tensor:
-        """T = TopK_m(counts): this task's most used experts (sorted by index)."""
+        """T = TopK_m(counts): this task's most used experts (sorted by index; ties by
+        ``cfg.tie_rule``). During consolidation: the fixed set."""
+        if self.fixed is not None and m is None:
+            return self.fixed
         m = self.merge_k if m is None else m
-        if m >= self.rank:
-            return torch.arange(self.rank, device=self.counts.device)
-        # stable tie-break: among equal counts the lower index wins
-        order = torch.argsort(self.counts, descending=True, stable=True)
-        return order[:m].sort().values
+        return top_indices(self.counts, m, self.cfg.tie_rule)
+
+    @torch.no_grad()
+    def consolidate(self) -> torch.Tensor:
+        """Start consolidation: from now until ``end_task`` only T = TopK_m(counts so far) is
+        composed (in training and evaluation), trained and finally merged; counts stop.
+        Returns T."""
+        self.fixed = None
+        self.fixed = self.critical().clone()
+        self._held = (self.A.detach().clone(), self.B.detach().clone())
+        return self.fixed
+
+    @torch.no_grad()
+    def hold_others(self) -> None:
+        """During consolidation, put every expert outside the fixed set back where it was when
+        consolidation started (called after each optimiser step: AdamW's momentum and weight
+        decay would otherwise keep moving them), so that only the fixed experts train."""
+        if self.fixed is None:
+            return
+        A0, B0 = self._held
+        keep = torch.ones(self.rank, dtype=torch.bool, device=self.A.device)
+        keep[self.fixed] = False
+        self.A[keep] = A0[keep]
+        self.B[:, keep] = B0[:, keep]
+
+    @torch.no_grad()
+    def truncated_update(self, m: Optional[int] = None):
+        """Factors (B_m, A_m) of the best rank-m approximation of the update B A (Eckart-Young),
+        with s * B_m A_m = U_m S_m V_m^T of s B A, and U_m: B_m = U_m S_m, A_m = V_m^T."""
+        m = min(self.merge_k if m is None else m, self.rank)
+        U, S, Vh = torch.linalg.svd(self.B.double() @ self.A.double(), full_matrices=False)
+        dt = self.B.dtype
+        return (U[:, :m] * S[:m]).to(dt), Vh[:m].to(dt), U[:, :m].to(dt)
 
     @torch.no_grad()
     def end_task(self) -> torch.Tensor:
-        """Merge the top-m experts into W0, keep what AGO needs, start a fresh pool.
+        """Merge into W0, keep what AGO needs, start a fresh pool.
 
-        W0 <- W0 + s * B[:, T] A[T, :]  with T = TopK_m(counts)      (docs/method.md sec. 6)
-        AGO's past columns: all r columns of B ("all", code) or B[:, T] ("merged", paper).
-        Returns T.
+        "topm" (docs/method.md sec. 6):  W0 <- W0 + s * B[:, T] A[T, :],  T = TopK_m(counts)
+            AGO's past columns: all r columns of B ("all", code) or B[:, T] ("merged", paper).
+        "svd" (sec. 13.3):  W0 <- W0 + s * B_m A_m, the rank-m truncation of the whole update;
+            AGO's past columns: its left singular vectors U_m.
+        Returns T = TopK_m(counts) (for "svd": the experts that were used most, for the record;
+        the folded update mixes every trained expert).
         """
         T = self.critical()
+        if self.cfg.merge_rule == "svd":
+            B_T, A_T, U_m = self.truncated_update()
+            self._fold(B_T, A_T)
+            self.merged_B = torch.cat([self.merged_B, B_T], dim=1)
+            self.merged_A = torch.cat([self.merged_A, A_T], dim=0)
+            self.past_B = torch.cat([self.past_B, U_m], dim=1)
+            self.reset()
+            return T
         B_T, A_T = self.B[:, T].clone(), self.A[T, :].clone()
         self._fold(B_T, A_T)
         self.merged_B = torch.cat([self.merged_B, B_T], dim=1)
@@ -235,6 +321,15 @@ class ExpertPoolLinear(nn.Module):
     def route(self, h: torch.Tensor) -> Route:
         """Sec. 3-4: scores, per-sample top-k, batch vote, mask. h: (N, d_in) routing token."""
         N, r, k = h.shape[0], self.rank, self.top_k
+        if self.fixed is not None:   # consolidation: the merged set only, no vote, no counts
+            mask = torch.zeros(r, device=h.device, dtype=h.dtype)
+            mask[self.fixed] = 1.0
+            mask = mask.expand(N, r)
+            scores = (torch.softmax(self.router(h), dim=-1) if self.cfg.router != "frozen"
+                      else mask / len(self.fixed))
+            return Route(scores=scores, chosen=self.fixed.expand(N, -1),
+                         hits=torch.zeros(r, device=h.device, dtype=torch.long),
+                         active=self.fixed, mask=mask)
         if k == r:  # plain LoRA: every expert active, nothing to choose
             ones = torch.ones(N, r, device=h.device, dtype=h.dtype)
             chosen = torch.arange(r, device=h.device).expand(N, r)
@@ -247,8 +342,8 @@ class ExpertPoolLinear(nn.Module):
         per_sample.scatter_(1, chosen, 1.0)
         hits = per_sample.sum(0).round().long()                             # (r,)
         if self.cfg.selection == "batch":
-            # one set for the batch; ties broken toward the lower index
-            active = torch.argsort(hits, descending=True, stable=True)[:k].sort().values
+            # one set for the batch; ties at the k-th place broken by cfg.tie_rule
+            active = top_indices(hits, k, self.cfg.tie_rule)
             mask = torch.zeros(r, device=h.device, dtype=h.dtype)
             mask[active] = 1.0
             mask = mask.expand(N, r)
@@ -269,7 +364,7 @@ class ExpertPoolLinear(nn.Module):
             self.last = None
             return y
         xd = self.drop(x)
-        dense = self.top_k == self.rank
+        dense = self.top_k == self.rank and self.fixed is None
         rt = self.route(self._routing_token(xd))
         self.last = rt.detach()
         if self.training:

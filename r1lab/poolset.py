@@ -45,6 +45,16 @@ class PoolSet(OrderedDict):
         for pool in self.values():
             pool.reset()
 
+    def consolidate(self) -> Dict[str, torch.Tensor]:
+        """Fix every pool's active set to its current top-m for the rest of the task
+        (docs/method.md sec. 13.3); returns {name: fixed expert indices}."""
+        return {name: pool.consolidate() for name, pool in self.items()}
+
+    def hold_others(self) -> None:
+        """During consolidation: experts outside the fixed sets stay where they were."""
+        for pool in self.values():
+            pool.hold_others()
+
     def end_task(self) -> Dict[str, torch.Tensor]:
         """Merge every pool's top-m experts; returns {name: merged expert indices}."""
         return {name: pool.end_task() for name, pool in self.items()}

@@ -18,6 +18,10 @@ Randomness of task t (index from 0): seed_t = cfg.seed + 1000 t picks the templa
 ``run.py`` seeds the fresh pool with the same seed_t. Batches come from seeded shuffled
 epochs, drop_last.
 
+Consolidation (``cfg.consolidate = c > 0``, docs/method.md sec. 13.3): the last
+round(c T) steps compose and train only each pool's current top-m experts, which are then
+exactly the experts merged (``PoolSet.consolidate`` at step T - round(c T)).
+
 Divergence: a non-finite loss (checked every step, at no cost: the loss is read for the log
 anyway) or a non-finite trainable parameter at the end of the task raises ``RunDiverged``
 naming the task, the step and the learning rate.
@@ -108,7 +112,10 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, total=cfg.iterations, desc=f"train {task.name}", leave=False)
+    start_consolidation = consolidation_step(cfg)
     for step, idx in enumerate(steps):
+        if step == start_consolidation:
+            pools.consolidate()
         x, y = images[idx].to(device), labels[idx].to(device)
         v = F.normalize(model.encode_image(x), dim=-1)
         u = F.normalize(model.encode_text(class_tokens[y]), dim=-1)
@@ -123,6 +130,8 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if start_consolidation is not None and step >= start_consolidation:
+            pools.hold_others()
         sched.step()
         log.loss.append(value)
         log.task_loss.append(l_task.item())
@@ -141,3 +150,9 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
 def task_seed(cfg: DACConfig, task_index: int) -> int:
     """seed_t = cfg.seed + 1000 t: template, batches and fresh pool of task t (from 0)."""
     return cfg.seed + 1000 * task_index
+
+
+def consolidation_step(cfg: DACConfig) -> Optional[int]:
+    """The step at which consolidation starts, T - round(c T); None when it is off."""
+    n = int(round(cfg.consolidate * cfg.iterations))
+    return cfg.iterations - n if n > 0 else None

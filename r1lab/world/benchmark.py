@@ -27,7 +27,7 @@ from ..benchmark import Benchmark, Task
 from .domains import DEFAULT_ORDER, DIGITS_TEST_PER_CLASS, DOMAINS
 
 SOURCE = "r1lab generated world v1"
-_SPLIT_IDS = {"test": 0, "train": 1}
+_SPLIT_IDS = {"test": 0, "train": 1, "val": 2}
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -58,20 +58,29 @@ def _split_tensors(seed: int, domain: str, split: str, n_per_class: int):
 
 
 def make_world_task(name: str, seed: int = 0, n_train_per_class: int = 16,
-                    n_test_per_class: int = 50) -> Task:
-    """One domain of the world as a ``Task`` (test split generated before train)."""
+                    n_test_per_class: int = 50, eval_split: str = "test") -> Task:
+    """One domain of the world as a ``Task`` (test split generated before train).
+
+    ``eval_split="val"`` scores the task on a validation split instead of the test split:
+    images drawn from the training distribution (for digits: the training digits, never the
+    held-out test digits) by their own random streams, disjoint from the few-shot training
+    images. Choose hyper-parameters on it; report on "test"."""
+    if eval_split not in ("test", "val"):
+        raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
     if name not in DOMAINS:
         raise ValueError(f"unknown world domain {name!r}; choose from {list(DEFAULT_ORDER)}")
     if n_train_per_class < 1 or n_test_per_class < 1:
         raise ValueError("n_train_per_class and n_test_per_class must be >= 1")
     d = DOMAINS[name]
     # test first; clones, so that no caller can edit the cached tensors in place
-    test = TensorDataset(*(t.clone() for t in _split_tensors(seed, name, "test", n_test_per_class)))
+    test = TensorDataset(*(t.clone() for t in _split_tensors(seed, name, eval_split, n_test_per_class)))
     train = TensorDataset(*(t.clone() for t in _split_tensors(seed, name, "train", n_train_per_class)))
     info = {"source": SOURCE, "coverage": d.coverage, "chance": 100.0 / d.num_classes,
             "caption_words": list(d.caption_words), "n_train_per_class": n_train_per_class,
             "n_test_per_class": n_test_per_class}
-    if name == "digits":
+    if eval_split != "test":
+        info["eval_split"] = eval_split
+    if name == "digits" and eval_split == "test":
         info["test_digits"] = (f"sklearn load_digits, {DIGITS_TEST_PER_CLASS} held-out images per "
                                "class (fixed, never used in pretraining)")
         if n_test_per_class > DIGITS_TEST_PER_CLASS:
@@ -80,19 +89,25 @@ def make_world_task(name: str, seed: int = 0, n_train_per_class: int = 16,
 
 
 def make_world_benchmark(seed: int = 0, n_train_per_class: int = 16, n_test_per_class: int = 50,
-                         order: Optional[Sequence[str]] = None) -> Benchmark:
+                         order: Optional[Sequence[str]] = None, eval_split: str = "test",
+                         label_space: str = "task") -> Benchmark:
     """The generated world: digits, shapes, counting, textures, arrows, colours, positions
     (or ``order``), 6-10 classes each, task label space (MTIL-like).
 
     Zero-shot with the bundled tiny CLIP ranges from chance (digits, counting, arrows: their
-    class words never appeared in pretraining; see ``domains``) to near 100 % (colours)."""
+    class words never appeared in pretraining; see ``domains``) to near 100 % (colours).
+
+    ``eval_split="val"``: every task is scored on its validation split (``make_world_task``).
+    ``label_space="union"``: the X-TAIL form, every test image classified among the classes
+    of all seven domains (63 names), with no task identity at test time."""
     order: List[str] = list(DEFAULT_ORDER if order is None else order)
-    tasks = [make_world_task(n, seed, n_train_per_class, n_test_per_class) for n in order]
+    tasks = [make_world_task(n, seed, n_train_per_class, n_test_per_class, eval_split) for n in order]
     protocol = {
         "benchmark": "world", "source": SOURCE, "templates_source": SOURCE,
         "generator_seed": seed, "n_train_per_class": n_train_per_class,
-        "n_test_per_class": n_test_per_class, "order": order, "label_space": "task",
+        "n_test_per_class": n_test_per_class, "order": order, "label_space": label_space,
+        "eval_split": eval_split,
         "image_size": 32, "normalisation": "open_clip OPENAI_DATASET_MEAN / OPENAI_DATASET_STD",
         "classes": {t.name: t.num_classes for t in tasks},
     }
-    return Benchmark("world", tasks, "task", protocol)
+    return Benchmark("world", tasks, label_space, protocol)

@@ -218,8 +218,8 @@ def digit_split() -> Dict[str, Dict[int, np.ndarray]]:
 
 
 def _digit_pool(split: str, label: int) -> np.ndarray:
-    if split not in ("test", "train", "pretrain"):
-        raise ValueError(f"split must be 'test', 'train' or 'pretrain', got {split!r}")
+    if split not in ("test", "train", "val", "pretrain"):
+        raise ValueError(f"split must be 'test', 'train', 'val' or 'pretrain', got {split!r}")
     return digit_split()["test" if split == "test" else "rest"][label]
 
 
