@@ -18,6 +18,10 @@ Randomness of task t (index from 0): seed_t = cfg.seed + 1000 t picks the templa
 ``run.py`` seeds the fresh pool with the same seed_t. Batches come from seeded shuffled
 epochs, drop_last.
 
+Data-parallel (torchrun, r1lab/distributed.py): the batch above is the global batch; every
+process draws the same indices, encodes its contiguous slice, and the loss is computed over
+the gathered features of the whole batch, so the step is one process's step (dropout aside).
+
 Divergence: a non-finite loss (checked every step, at no cost: the loss is read for the log
 anyway) or a non-finite trainable parameter at the end of the task raises ``RunDiverged``
 naming the task, the step and the learning rate.
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from . import distributed
 from .ago import ago_loss
 from .benchmark import Task
 from .config import DACConfig
@@ -55,6 +60,21 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     loss_t = torch.sum(-T * F.log_softmax(logits, dim=1), dim=1).mean()
     loss_i = torch.sum(-T.T * F.log_softmax(logits.T, dim=1), dim=1).mean()
     return (loss_t + loss_i) / 2
+
+
+def batch_task_loss(model, class_tokens: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                    idx: torch.Tensor, logit_scale: torch.Tensor, device="cpu") -> torch.Tensor:
+    """L_task of the mini-batch ``idx`` (docs/method.md sec. 8). Split over processes, this
+    process encodes only its slice of ``idx``, every pool votes over the whole batch, and the
+    loss is computed over the features of every slice, gathered with gradient (see
+    r1lab/distributed.py); in one process that is the whole batch."""
+    mine = distributed.local_part(idx)
+    x, y = images[mine].to(device), labels[mine].to(device)
+    with distributed.split_batch():
+        v = F.normalize(model.encode_image(x), dim=-1)
+        u = F.normalize(model.encode_text(class_tokens[y]), dim=-1)
+    v, u = distributed.gather_features(v, u)
+    return contrastive_loss(v, u, labels[idx].to(device), logit_scale)
 
 
 @dataclass
@@ -103,16 +123,17 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
     use_ago = task_index > 0 and cfg.ago_weight > 0
     logit_scale = model.logit_scale.detach()
     log = TaskLog(task=task.name, template=template, lr=lr)
+    if len(labels) < cfg.batch_size:     # the whole set is the batch: it must split evenly too
+        with distributed.raised_everywhere():
+            distributed.check_batch(len(labels), f" (task {task.name}: its whole training set, "
+                                                 f"smaller than batch_size {cfg.batch_size})")
     model.train()
     steps = _batches(len(labels), cfg.batch_size, cfg.iterations, gen)
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, total=cfg.iterations, desc=f"train {task.name}", leave=False)
     for step, idx in enumerate(steps):
-        x, y = images[idx].to(device), labels[idx].to(device)
-        v = F.normalize(model.encode_image(x), dim=-1)
-        u = F.normalize(model.encode_text(class_tokens[y]), dim=-1)
-        l_task = contrastive_loss(v, u, y, logit_scale)
+        l_task = batch_task_loss(model, class_tokens, images, labels, idx, logit_scale, device)
         l_ago = ago_loss(pools.values(), cfg.ago_form) if use_ago else l_task.new_zeros(())
         loss = l_task + cfg.ago_weight * l_ago if use_ago else l_task
         value = loss.item()
@@ -122,6 +143,7 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
         log.lrs.append(opt.param_groups[0]["lr"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params)   # across processes: the one-process gradient
         opt.step()
         sched.step()
         log.loss.append(value)
