@@ -89,7 +89,7 @@ def cli(argv) -> int:
 
 
 def grad_setup(router: str):
-    """(model, pools, tokens, images, labels, idx, cfg): a random tiny CLIP with DAC pools that
+    """(bundle, pools, tokens, images, labels, idx, cfg): a random tiny CLIP with DAC pools that
     have past columns (so AGO is live) and a non-zero B, and one global batch of 8 of the fake
     benchmark's first task, in float64. The same on every process (seeded)."""
     import torch
@@ -114,15 +114,22 @@ def grad_setup(router: str):
     images = images.double()
     idx = torch.randperm(len(labels), generator=g)[:cfg.batch_size]
     tokens = bundle.tokenizer([task.templates[0].format(c) for c in task.classnames])
-    return bundle.model, pools, tokens, images, labels, idx, cfg
+    return bundle, pools, tokens, images, labels, idx, cfg
 
 
 def grad_step(router: str):
-    """One step's loss (L_task + lambda L_AGO) and the (averaged) gradients of the pools."""
+    """One step's loss (L_task + lambda L_AGO), the (averaged) gradients of the pools and
+    their counts; then an accuracy row of the un-merged pools (eval batch 8 over test sets of
+    20, 15 and 25 images: the last batch of 1 leaves rank 1 a stand-in sample)."""
+    import torch
+    from torch.utils.data import TensorDataset
+    from engine_setup import fake_benchmark
     from r1lab import distributed
     from r1lab.ago import ago_loss
+    from r1lab.evaluate import accuracy_row, encode_images
     from r1lab.train import batch_task_loss
-    model, pools, tokens, images, labels, idx, cfg = grad_setup(router)
+    bundle, pools, tokens, images, labels, idx, cfg = grad_setup(router)
+    model = bundle.model
     model.train()
     l_task = batch_task_loss(model, tokens, images, labels, idx, model.logit_scale.detach())
     loss = l_task + cfg.ago_weight * ago_loss(pools.values(), cfg.ago_form)
@@ -130,8 +137,15 @@ def grad_step(router: str):
     params = pools.trainable_parameters()
     distributed.average_gradients(params)
     names = [f"{n}.{k}" for n, pool in pools.items() for k, p in pool.named_parameters() if p.requires_grad]
-    return dict(loss=loss.item(), grads={n: p.grad.clone() for n, p in zip(names, params)},
-                counts=pools.counts())
+    grads = {n: p.grad.clone() for n, p in zip(names, params)}
+    bm = fake_benchmark()
+    sets = [TensorDataset(t.test.tensors[0].double(), t.test.tensors[1]) for t in bm.tasks]
+    with torch.no_grad():
+        row = accuracy_row(model, bundle.tokenizer, bm, batch_size=8, test_sets=sets)
+        # this process's image features and which samples they are
+        feats = [(encode_images(model, ds, batch_size=8, shard=distributed.is_active())[0],
+                  [i for part in distributed.eval_slices(len(ds), 8) for i in part]) for ds in sets]
+    return dict(loss=loss.item(), grads=grads, counts=pools.counts(), row=row, feats=feats)
 
 
 def grad(out: str) -> int:

@@ -117,7 +117,9 @@ def test_a_batch_that_does_not_split_evenly_is_a_clear_error(monkeypatch, capsys
 def test_gradient_of_a_split_batch_equals_one_process(tmp_path):
     """One step, L_task + lambda L_AGO on a global batch of 8, float64, frozen and learned
     ("gate") routers: the averaged gradients of two processes equal one process's gradient
-    (the gather's backward sums over ranks, the average divides by W: no factor is off)."""
+    (the gather's backward sums over ranks, the average divides by W: no factor is off).
+    Then the sharded accuracy row of the un-merged pools (votes over each eval batch, a
+    stand-in sample where rank 1's slice is empty) equals one process's row."""
     sys.path.insert(0, str(WORKER.parent))
     import dist_worker
     p, _ = torchrun([WORKER, "grad", tmp_path], timeout=120)
@@ -135,6 +137,13 @@ def test_gradient_of_a_split_batch_equals_one_process(tmp_path):
         for name, c in ref["counts"].items():   # the vote saw the whole batch on both ranks
             assert torch.equal(r0[router]["counts"][name], c), name
             assert torch.equal(r1[router]["counts"][name], c), name
+        assert r0[router]["row"] == r1[router]["row"] == ref["row"], (r0[router]["row"], ref["row"])
+        for j, (f, _) in enumerate(ref["feats"]):  # the two parts are one process's features
+            (f0, i0), (f1, i1) = r0[router]["feats"][j], r1[router]["feats"][j]
+            assert sorted(i0 + i1) == list(range(len(f))) and not set(i0) & set(i1)
+            joined = torch.empty_like(f)
+            joined[i0], joined[i1] = f0, f1
+            assert torch.allclose(joined, f, rtol=0, atol=1e-12), (router, j)
 
 
 def test_two_processes_equal_one_process_on_the_global_batch(runs):
