@@ -59,14 +59,15 @@ where to resume and broadcasts what it read (the finished tasks' rows and the la
 state), so the run folder needs to exist on rank 0's machine only. The test-set cache is
 built by rank 0 while the others wait, then memory-mapped by every rank from the same path:
 with a shared file system it is built once; without one each machine builds its own copy
-under that path (cache.py's lock keeps it to one builder per machine).
+under that path (cache.py's lock keeps it to one builder per machine), and every process
+waits for the last one before training starts.
 
 Failures. A rank that raises ends its process; torchrun then stops the other workers. A rank
 that hangs makes the others' next collective fail after ``timeout`` seconds (``--dist-timeout``,
 default 600), and they stop with ``DistributedError`` naming the operation, instead of waiting
-forever. Waits on rank 0's own work (opening the folder, reading checkpoints, checking the
-data, building the test-set cache, which can take longer than any collective should) go through
-a second gloo group with a 24-hour timeout; a rank that dies closes its connections, which
+forever. Waits on work that only some processes do (rank 0 opening the folder, reading checkpoints,
+checking the data; building a test-set cache, which can take longer than any collective
+should) go through a second gloo group with a 24-hour timeout; a rank that dies closes its connections, which
 ends those waits at once.
 
 Threads: each process uses max(1, cores // local world size) CPU threads. Devices: gloo on the
@@ -207,9 +208,12 @@ def _collective(what: str, fn: Callable, *args, **kw):
             f"why) or has not answered within --dist-timeout ({_timeout:g} s)") from e
 
 
-def barrier() -> None:
+def wait_for_all() -> None:
+    """Every process waits for the others, up to 24 hours (the group of ``main_only``): after
+    work whose length differs between machines, such as building a test-set cache where the
+    file system is not shared."""
     if is_active():
-        _collective("a barrier", dist.barrier)
+        _collective("waiting for every process", dist.barrier, group=_wait_group)
 
 
 def mark_everywhere(e: BaseException) -> BaseException:

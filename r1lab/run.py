@@ -315,7 +315,8 @@ def _run(benchmark, bundle, mcfg, method, out, folder, resume, device, progress,
             return cached_test_sets(benchmark, cache_dir, mcfg.eval_batch_size, num_workers, progress)
         test_sets = distributed.main_only(cache)
         if test_sets is None:          # a process other than rank 0: read what rank 0 built
-            test_sets = cache()
+            test_sets = cache()        # (or build it, on a machine without rank 0's disk)
+        distributed.wait_for_all()
     ev = dict(test_sets=test_sets, num_workers=num_workers, progress=progress,
               amp_dtype=torch.bfloat16 if eval_bf16 else None)
     if need_zs:
