@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py cli ARGS...
         ``python -m r1lab ARGS...`` with two test hooks, set by environment variables:
-        R1LAB_TEST_FAULT=raise|hang   rank 1 raises, or sleeps for an hour, when its first task
+        R1LAB_TEST_FAULT=raise|hang   rank 1 raises, or sleeps for 4 minutes, when its first task
                                       starts training
         R1LAB_TEST_WRITES=DIR         every process records which paths under R1LAB_TEST_WATCH it
                                       created, wrote, renamed or made, in DIR/rank<q>.json
@@ -73,7 +73,7 @@ def _inject_fault(kind: str) -> None:
     def train_task(*args, **kw):
         if os.environ.get("RANK") == "1" and args[6] == 0:       # task_index
             if kind == "hang":
-                time.sleep(3600)
+                time.sleep(240)          # bounded, should torchrun fail to stop it
             raise RuntimeError("injected failure of rank 1")
         return real(*args, **kw)
     r1lab.run.train_task = train_task
