@@ -65,10 +65,15 @@ waits for the last one before training starts.
 Failures. A rank that raises ends its process; torchrun then stops the other workers. A rank
 that hangs makes the others' next collective fail after ``timeout`` seconds (``--dist-timeout``,
 default 600), and they stop with ``DistributedError`` naming the operation, instead of waiting
-forever. Waits on work that only some processes do (rank 0 opening the folder, reading checkpoints,
-checking the data; building a test-set cache, which can take longer than any collective
-should) go through a second gloo group with a 24-hour timeout; a rank that dies closes its connections, which
-ends those waits at once.
+forever. Waits on work that only some processes do (rank 0 opening the folder, reading
+checkpoints, checking the data; building a test-set cache, which can take longer than any
+collective should) go through a second gloo group with a 24-hour timeout; a rank that dies
+closes its connections, which ends those waits at once.
+
+Start-up: every process loads the model, then takes rank 0's weights (``broadcast_model``, as
+DistributedDataParallel does), so randomly initialised models agree too. From Python, call
+``init()`` in every process and then the same ``run_stream`` everywhere (a group initialised
+by the caller works as well; its own timeout then applies to every wait).
 
 Threads: each process uses max(1, cores // local world size) CPU threads. Devices: gloo on the
 CPU, NCCL on CUDA with this process on cuda:LOCAL_RANK.
