@@ -7,6 +7,9 @@ Public API: everything a notebook needs is importable from here.
     pools = attach_pools(model, cfg)                # expert pools on open_clip (attach.py)
     res = run_stream(benchmark, bundle, cfg, "dac") # a continual-learning run (run.py)
     compare(["dac", "lora"], seeds=[0, 1])          # methods x seeds (experiment.py)
+
+Data-parallel (torchrun): ``r1lab.distributed.init()`` in every process, then the same
+``run_stream`` call everywhere (``torchrun ... -m r1lab run`` does both; distributed.py).
 """
 __version__ = "0.1.0"
 
@@ -24,8 +27,9 @@ from .train import contrastive_loss, train_task
 from .run import RunResult, load_run, run_stream
 from .experiment import Comparison, compare, make_benchmark, preset
 from .runcache import cached_run
-from .errors import CheckpointCorrupt, ConfigError, RunDiverged, RunLocked, RunMismatch
-from . import diagnostics, metrics, plots, widgets
+from .errors import (CheckpointCorrupt, ConfigError, DistributedError, RunDiverged, RunLocked,
+                     RunMismatch)
+from . import diagnostics, distributed, metrics, plots, widgets
 from . import diagram, exercises, notebook
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "ClipBundle", "load_clip", "contrastive_loss", "train_task",
     "RunResult", "load_run", "run_stream",
     "Comparison", "compare", "make_benchmark", "preset",
-    "cached_run", "CheckpointCorrupt", "ConfigError", "RunDiverged", "RunLocked", "RunMismatch",
-    "diagnostics", "metrics", "plots", "widgets", "diagram", "exercises", "notebook",
+    "cached_run", "CheckpointCorrupt", "ConfigError", "DistributedError", "RunDiverged",
+    "RunLocked", "RunMismatch",
+    "diagnostics", "distributed", "metrics", "plots", "widgets", "diagram", "exercises", "notebook",
 ]

@@ -9,6 +9,8 @@
     python -m r1lab zeroshot                              zero-shot accuracy per dataset
     python -m r1lab run --benchmark mtil --order I --data-root /data --model ViT-B-16-quickgelu \\
         --pretrained openai --preset paper --device cuda --out runs/mtil-order1
+    torchrun --nproc_per_node 8 -m r1lab run ... --device cuda
+                                  one run, data-parallel over 8 processes (r1lab/distributed.py)
 
 Errors a user can fix (a wrong --set value, a folder holding another run, a diverged run, a
 locked folder, a corrupt checkpoint or dataset file) print as "r1lab: error: ..." without a
@@ -110,19 +112,27 @@ def cmd_compare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .experiment import make_benchmark
+    from . import distributed
     from .metrics import format_table
     from .models import load_clip
     from .run import run_stream
     cfg = _config(args)
+    # under torchrun: join the process group; each process gets its device (cuda:LOCAL_RANK)
+    device = distributed.init(args.device, args.dist_timeout)
     bm = _benchmark(args)
-    if not args.quiet:
+    main = distributed.is_main()
+    if not args.quiet and main:
         print(bm.describe())
-    res = run_stream(bm, load_clip(args.model, args.pretrained, args.device), cfg, args.method,
-                     args.out, resume=not args.no_resume, device=args.device,
+        if distributed.world_size() > 1:
+            print(f"data-parallel over {distributed.world_size()} processes: global batch "
+                  f"{cfg.batch_size} ({cfg.batch_size // distributed.world_size()} per process)")
+    res = run_stream(bm, load_clip(args.model, args.pretrained, device), cfg, args.method,
+                     args.out, resume=not args.no_resume, device=device,
                      progress=not args.quiet, zeroshot_row=args.zeroshot_row,
                      num_workers=args.workers, eval_bf16=args.bf16, overwrite=args.overwrite,
                      fallback=args.fallback)
+    if not main:                   # rank 0 prints the results
+        return 0
     if res.metrics is None:
         print(f"stopped after {len(res.logs)} of {len(res.task_names)} tasks; resume with the same command")
         return 0
@@ -230,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", action="store_true",
                    help="on a corrupt checkpoint, resume from the last readable one")
     p.add_argument("--zeroshot-row", action="store_true", help="also evaluate the untrained model first")
+    p.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others in a collective "
+                        "before it stops the run with an error (default 600)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("sweep", help="a grid of runs, one scheduler job per point (submitit)")
     _common(p)
@@ -255,12 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from . import distributed
     args = build_parser().parse_args(argv)
     try:
+        if distributed.launched_world_size() > 1 and args.cmd != "run":
+            raise ConfigError(f"only `run` is data-parallel; start `{args.cmd}` without torchrun "
+                              f"(WORLD_SIZE is {distributed.launched_world_size()})")
         return args.func(args)
     except R1labError as e:        # includes the dataset errors (r1lab.datasets.checks)
-        print(f"r1lab: error: {e}", file=sys.stderr)
+        # under torchrun an error that every process raises alike is printed once, by rank 0
+        alike = getattr(e, "r1lab_every_rank", False)
+        if distributed.is_main() or not alike:
+            who = f"({distributed.describe()}) " if distributed.world_size() > 1 and not alike else ""
+            print(f"r1lab: error: {who}{e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

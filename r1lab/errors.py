@@ -8,6 +8,8 @@ prints it without a traceback and exits with status 2 (``r1lab.cli.main``).
     CheckpointCorrupt a checkpoint cannot be read (names the file)          -> fallback=True
     RunWriteError     a run file could not be written (disk full?)          -> free space, resume
     RunUnfinished     a run folder has no results yet                       -> resume it
+    DistributedError  a torchrun process stopped or timed out (names which) -> its own message;
+                                                                            --dist-timeout
 """
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ class RunUnfinished(R1labError, FileNotFoundError):
 
 class RunWriteError(R1labError, OSError):
     """Writing a run file failed (most often: the disk is full)."""
+
+
+class DistributedError(R1labError, RuntimeError):
+    """A data-parallel run (torchrun) could not start, or a collective operation failed: another
+    process stopped, or did not answer within ``--dist-timeout`` seconds (r1lab/distributed.py)."""
 
 
 class CheckpointCorrupt(R1labError, RuntimeError):

@@ -9,16 +9,22 @@ The text tower changes while a task trains (text-side pools), so heads are encod
 every evaluation, once per evaluation. Label spaces:
     "task"   each test set against its own classes (MTIL)
     "union"  each test set against the union of every task's classes (X-TAIL)
+
+Data-parallel (torchrun): ``accuracy_row`` shards each test set over the processes (each
+encodes its slice of every eval batch) and sums the correct answers over them; the heads are
+encoded whole by every process (r1lab/distributed.py).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+import contextlib
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from . import distributed
 from .benchmark import Benchmark, Task
 
 
@@ -54,19 +60,36 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoad
 @torch.no_grad()
 def encode_images(model, dataset: Dataset, device="cpu", batch_size: int = 256,
                   num_workers: int = 0, amp_dtype: Optional[torch.dtype] = None,
-                  progress: bool = False, desc: str = "encode") -> tuple:
-    """(features (N, D) unit-norm float32, labels (N,)) of a dataset of (image, label)."""
+                  progress: bool = False, desc: str = "encode", shard: bool = False) -> tuple:
+    """(features (N, D) unit-norm float32, labels (N,)) of a dataset of (image, label).
+
+    ``shard`` (data-parallel runs): only this process's slice of each batch is encoded
+    (``distributed.eval_slices``), the pools voting over the whole batch; the result is this
+    process's part of the set."""
     was_training = model.training
     model.eval()
     feats, labels = [], []
     device = torch.device(device)
-    for x, y in _tqdm(_loader(dataset, batch_size, num_workers), progress, desc=desc, leave=False):
+    if shard:
+        parts = distributed.eval_slices(len(dataset), batch_size)
+        # an empty part: one stand-in sample whose hits count zero, so this process still
+        # joins the votes of the un-merged pools; its output is dropped
+        loader = DataLoader(dataset, batch_sampler=[p or [0] for p in parts], num_workers=num_workers)
+        keep = [bool(p) for p in parts]
+    else:
+        loader, keep = _loader(dataset, batch_size, num_workers), None
+    for i, (x, y) in enumerate(_tqdm(loader, progress, desc=desc, leave=False)):
         x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        counted = keep is None or keep[i]
+        split = distributed.split_batch(count=counted) if shard else contextlib.nullcontext()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), split:
             f = model.encode_image(x)
-        feats.append(F.normalize(f.float(), dim=-1))
-        labels.append(torch.as_tensor(y))
+        if counted:
+            feats.append(F.normalize(f.float(), dim=-1))
+            labels.append(torch.as_tensor(y))
     model.train(was_training)
+    if not feats:            # this process's part of a tiny set is empty
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels).to(torch.long)
 
 
@@ -78,6 +101,15 @@ def top1(features: torch.Tensor, labels: torch.Tensor, head: torch.Tensor,
     return 100.0 * (pred == labels.cpu() + label_offset).double().mean().item()
 
 
+def top1_counts(features: torch.Tensor, labels: torch.Tensor, head: torch.Tensor,
+                label_offset: int = 0) -> Tuple[int, int]:
+    """(correct, total) of ``top1``: what the processes of a data-parallel run add up."""
+    if len(labels) == 0:
+        return 0, 0
+    pred = (100.0 * features @ head.to(features.device).T).argmax(-1).cpu()
+    return int((pred == labels.cpu() + label_offset).sum()), len(labels)
+
+
 def evaluate_task(model, head: torch.Tensor, dataset: Dataset, device="cpu",
                   batch_size: int = 256, label_offset: int = 0, **kw) -> float:
     """Top-1 accuracy (%) of one test set under a zero-shot head."""
@@ -87,28 +119,35 @@ def evaluate_task(model, head: torch.Tensor, dataset: Dataset, device="cpu",
 
 def accuracy_row(model, tokenizer, benchmark: Benchmark, device="cpu", batch_size: int = 256,
                  test_sets: Optional[Sequence[Dataset]] = None, only: Optional[Sequence[int]] = None,
-                 progress: bool = False, **kw) -> List[float]:
+                 progress: bool = False, shard: Optional[bool] = None, **kw) -> List[float]:
     """Accuracy (%) on every task's test set, in benchmark order: one row of the matrix.
 
     ``test_sets`` replaces each task's ``test`` (for example the run's preprocessed cache);
     ``only`` restricts the row to these task indices. In the "union" label space each test
     set is scored over all tasks' classes, its labels offset by the classes before it.
+    ``shard`` (default: when torch.distributed runs more than one process) splits every test
+    set over the processes, which must all call this function; each returns the whole row.
     """
     idx = list(range(len(benchmark.tasks))) if only is None else list(only)
     test_sets = test_sets or [t.test for t in benchmark.tasks]
     union = benchmark.label_space == "union"
+    shard = distributed.is_active() if shard is None else shard
     heads = {j: zeroshot_head(model, tokenizer, benchmark.tasks[j].classnames,
                               benchmark.tasks[j].templates, device, batch_size)
              for j in (range(len(benchmark.tasks)) if union else idx)}
     if union:
         all_heads = torch.cat([heads[j] for j in range(len(benchmark.tasks))])
         offsets = np.cumsum([0] + [t.num_classes for t in benchmark.tasks[:-1]]).tolist()
-    row = []
+    row, counts = [], []
     for j in _tqdm(idx, progress, desc="evaluate", leave=False):
         feats, labels = encode_images(model, test_sets[j], device, batch_size,
-                                      desc=benchmark.tasks[j].name, **kw)
-        row.append(top1(feats, labels, all_heads, offsets[j]) if union else top1(feats, labels, heads[j]))
-    return row
+                                      desc=benchmark.tasks[j].name, shard=shard, **kw)
+        head, offset = (all_heads, offsets[j]) if union else (heads[j], 0)
+        if shard:
+            counts.append(top1_counts(feats, labels, head, offset))
+        else:
+            row.append(top1(feats, labels, head, offset))
+    return distributed.accuracies(counts) if shard else row
 
 
 def zeroshot_table(model, tokenizer, benchmark: Benchmark, device="cpu") -> dict:

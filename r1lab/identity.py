@@ -6,7 +6,8 @@
         per task: class count and names (hashed), templates, train / test sizes, split record,
         model name, input size and a content hash of the starting weights
     recorded only (a difference is a warning, not a refusal)
-        library versions, device, where the data lives (data root, dataset paths, check mode)
+        library versions, device, where the data lives (data root, dataset paths, check mode),
+        the number of processes of a data-parallel run
 
     weights_sha256 = sha256 over the state dict, key by key: name, dtype, shape, raw bytes
 
@@ -107,7 +108,15 @@ def run_identity(benchmark: Benchmark, bundle, cfg: DACConfig, method: str, devi
                        tasks=benchmark.task_names, protocol=proto_what, data=data),
         model=dict(name=getattr(bundle, "name", type(model).__name__),
                    image_size=model_image_size(model), weights_sha256=weights_sha256(model)),
-        environment=dict(versions=versions(), device=str(device), data=where)))
+        environment=dict(versions=versions(), device=str(device), data=where, **_processes())))
+
+
+def _processes() -> Dict:
+    """{"processes": W} for a data-parallel run of W > 1 processes (recorded, not compared:
+    resuming with another W warns); nothing in one process, so its records stay as they were."""
+    from . import distributed
+    W = distributed.world_size()
+    return {"processes": W} if W > 1 else {}
 
 
 def compared(identity: Dict) -> Dict:

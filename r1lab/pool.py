@@ -11,7 +11,8 @@ Training forward (sec. 3-5), for a batch x of shape (N, L, d_in):
     x~      = dropout(x)                          # LoRA branch only
     p       = softmax(R x~[:, 0])                 # router on token 0 ([CLS] / start-of-text)
     E_n     = TopK_k(p_n)                         # per-sample choice
-    c_i     = sum_n 1[i in E_n]                   # per-sample hits (the vote)
+    c_i     = sum_n 1[i in E_n]                   # per-sample hits (the vote); a batch split
+                                                  # over processes sums them over every slice
     S       = TopK_k(c)                           # one set of k experts for the batch
     y       = W0 x + b + s * B[:, S] A[S, :] x~   # hard 0/1 mask, experts not weighted by p
     counts += c                                   # training only
@@ -44,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .config import DACConfig
 
 
@@ -84,6 +86,7 @@ def top_indices(values: torch.Tensor, n: int, rule: str = "lower") -> torch.Tens
     elif rule == "random":
         jitter = torch.rand(values.shape, device=values.device, dtype=torch.float64)
         order = torch.argsort(values.to(torch.float64) + 0.5 * jitter, descending=True)
+        order = distributed.agree(order)   # data-parallel: rank 0's draw on every rank
     else:
         raise ValueError(f"unknown tie rule {rule!r}; use 'lower', 'topk' or 'random'")
     return order[:n].sort().values
@@ -333,14 +336,15 @@ class ExpertPoolLinear(nn.Module):
         if k == r:  # plain LoRA: every expert active, nothing to choose
             ones = torch.ones(N, r, device=h.device, dtype=h.dtype)
             chosen = torch.arange(r, device=h.device).expand(N, r)
-            return Route(scores=ones / r, chosen=chosen,
-                         hits=torch.full((r,), N, device=h.device, dtype=torch.long),
+            hits = distributed.vote(torch.full((r,), N, device=h.device, dtype=torch.long))
+            return Route(scores=ones / r, chosen=chosen, hits=hits,
                          active=torch.arange(r, device=h.device), mask=ones)
         scores = torch.softmax(self.router(h), dim=-1)                     # (N, r)
         chosen = scores.topk(k, dim=-1).indices                             # (N, k)
         per_sample = torch.zeros(N, r, device=h.device, dtype=h.dtype)
         per_sample.scatter_(1, chosen, 1.0)
         hits = per_sample.sum(0).round().long()                             # (r,)
+        hits = distributed.vote(hits)   # the whole batch's hits when it is split over processes
         if self.cfg.selection == "batch":
             # one set for the batch; ties at the k-th place broken by cfg.tie_rule
             active = top_indices(hits, k, self.cfg.tie_rule)

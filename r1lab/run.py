@@ -36,6 +36,11 @@ is reloaded the same way, without training. A corrupt checkpoint is reported by 
 ``fallback=True`` moves it (and any later one) aside as ``*.corrupt`` and trains again from
 the last readable one.
 
+Data-parallel under torchrun (r1lab/distributed.py): every process runs this same loop on its
+slice of each global batch and of each test set; rank 0 alone opens, locks and writes the run
+folder, reads the checkpoints and broadcasts what it read, so every process resumes from the
+same adapter state; the others write nothing there.
+
 A non-finite loss or parameter stops the run (``RunDiverged``: task, step, lr); a finished run
 whose last row is at chance everywhere, or whose loss rose more than tenfold within a task,
 carries ``warnings`` (RunResult, metrics.json, the log and ``summary``).
@@ -53,6 +58,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from . import distributed
 from .attach import attach_pools
 from .benchmark import Benchmark, few_shot
 from .cache import cached_test_sets
@@ -105,6 +111,7 @@ def protocol_record(benchmark: Benchmark, cfg: DACConfig, method: str, model_nam
                 label_space=benchmark.label_space, method=method, model=model_name,
                 shots=cfg.shots, iterations=cfg.iterations, batch_size=cfg.batch_size,
                 seed=cfg.seed, device=str(device),
+                **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
                 templates={t.name: t.templates for t in benchmark.tasks},
                 classes={t.name: t.num_classes for t in benchmark.tasks},
                 splits={t.name: dict(train=len(t.train), test=len(t.test), **{
@@ -155,6 +162,7 @@ def preflight(benchmark: Benchmark, bundle, cfg: DACConfig, method: str, num_wor
         raise ConfigError(f"stop_after must be an integer >= 1 or None, got {stop_after!r}")
     if method != "zeroshot":
         cfg.check_stream(benchmark.task_names, stream_name(benchmark))
+        distributed.check_batch(cfg.batch_size)
     side = model_image_size(bundle.model)
     if side is None:
         return
@@ -240,17 +248,24 @@ def run_stream(benchmark: Benchmark, bundle, cfg: DACConfig, method: str = "dac"
     cache_dir    where preprocessed test sets live (default ``out_dir/cache``; see cache.py)
     num_workers  data-loader workers for evaluation and caching
     eval_bf16    evaluate under bf16 autocast (GPU speed option; fp32 reproduces the paper)
+
+    Under torchrun every process calls this with the same arguments (see r1lab/distributed.py);
+    only rank 0 prints and writes ``out_dir``.
     """
     t_start = time.time()
     mcfg = method_config(method, cfg)
-    preflight(benchmark, bundle, mcfg, method, num_workers, stop_after)
+    progress = progress and distributed.is_main()
+    with distributed.raised_everywhere():
+        preflight(benchmark, bundle, mcfg, method, num_workers, stop_after)
     out = Path(out_dir) if out_dir is not None else None
-    folder = None
-    if out is not None:
+
+    def open_folder() -> RunFolder:
         identity = run_identity(benchmark, bundle, mcfg, method, device, eval_bf16)
-        folder = RunFolder(out, identity, dict(method=method, config=mcfg.to_dict(), model=bundle.name),
-                           protocol_record(benchmark, mcfg, method, bundle.name, device))
-        folder.open(resume, overwrite, progress)
+        f = RunFolder(out, identity, dict(method=method, config=mcfg.to_dict(), model=bundle.name),
+                      protocol_record(benchmark, mcfg, method, bundle.name, device))
+        return f.open(resume, overwrite, progress)
+    # rank 0 alone holds the folder (None on the others); its errors stop every process
+    folder = distributed.main_only(open_folder) if out is not None else None
     try:
         return _run(benchmark, bundle, mcfg, method, out, folder, resume, torch.device(device),
                     progress, zeroshot_row, stop_after, cache_dir, num_workers, eval_bf16,
@@ -269,32 +284,44 @@ def _run(benchmark, bundle, mcfg, method, out, folder, resume, device, progress,
     model, tokenizer = bundle.model, bundle.tokenizer
     names = benchmark.task_names
     T = len(names)
-    done = _read_checkpoints(out, T, fallback, progress) if (out is not None and resume) else []
+    zs_file = None if out is None else out / "zeroshot.json"
+    want_zs = zeroshot_row or method == "zeroshot"
+
+    def read_folder():   # rank 0 reads; every process gets the same (done, finished, zs)
+        done = _read_checkpoints(out, T, fallback, progress) if (out is not None and resume) else []
+        finished = _finished(out) if (out is not None and resume) else None
+        zs = None
+        if want_zs and zs_file is not None and resume and zs_file.exists():
+            zs = json.loads(zs_file.read_text())["row"]
+        return done, finished, zs
+    done, finished, zs = distributed.main_only(read_folder, share=True)
     start = len(done)
-    finished = _finished(out) if (out is not None and resume) else None
     if method != "zeroshot" and start < T:
-        verify_data(benchmark, mcfg, range(start, T))
+        distributed.main_only(lambda: verify_data(benchmark, mcfg, range(start, T)))
     model.to(device)
+    distributed.broadcast_model(model)      # every process starts from rank 0's weights
 
     # a finished folder is reloaded without evaluating anything (except a missing zero-shot row)
     reload = finished is not None and (method == "zeroshot" or start == T)
-    zs_file = None if out is None else out / "zeroshot.json"
-    zs = None
-    if (zeroshot_row or method == "zeroshot") and zs_file is not None and resume and zs_file.exists():
-        zs = json.loads(zs_file.read_text())["row"]
-    need_zs = (zeroshot_row or method == "zeroshot") and zs is None
+    need_zs = want_zs and zs is None
 
-    # every evaluation reads the same preprocessed test sets (built on first use)
+    # every evaluation reads the same preprocessed test sets (built on first use, by rank 0
+    # while the other processes wait; then they read it)
     if cache_dir is None and out is not None:
         cache_dir = out / "cache"
     test_sets = None
     if cache_dir is not None and (need_zs or not reload):
-        test_sets = cached_test_sets(benchmark, cache_dir, mcfg.eval_batch_size, num_workers, progress)
+        def cache():
+            return cached_test_sets(benchmark, cache_dir, mcfg.eval_batch_size, num_workers, progress)
+        test_sets = distributed.main_only(cache)
+        if test_sets is None:          # a process other than rank 0: read what rank 0 built
+            test_sets = cache()        # (or build it, on a machine without rank 0's disk)
+        distributed.wait_for_all()
     ev = dict(test_sets=test_sets, num_workers=num_workers, progress=progress,
               amp_dtype=torch.bfloat16 if eval_bf16 else None)
     if need_zs:
         zs = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, **ev)
-        if zs_file is not None:
+        if folder is not None:
             write_json(zs_file, dict(row=zs))
 
     if method == "zeroshot":
@@ -321,11 +348,13 @@ def _run(benchmark, bundle, mcfg, method, out, folder, resume, device, progress,
         task = benchmark.tasks[t]
         torch.manual_seed(task_seed(mcfg, t))
         pools.reset()
+        distributed.seed_rank(task_seed(mcfg, t))   # rank q > 0: its own dropout masks
         data = few_shot(task.train, mcfg.shots, seed=mcfg.seed) if mcfg.shots else _full(task.train)
         try:
             log = train_task(model, tokenizer, pools, task, data, mcfg, t, device, progress)
-        except RunDiverged as e:
-            raise (e.with_kept(str(out)) if out is not None and t > 0 else e) from None
+        except RunDiverged as e:   # every process sees the same loss and stops alike
+            raise distributed.mark_everywhere(
+                e.with_kept(str(out)) if out is not None and t > 0 else e) from None
         b = None
         if mcfg.eval_before_merge:   # the un-merged pool, routing in eval mode
             b = accuracy_row(model, tokenizer, benchmark, device, mcfg.eval_batch_size, only=[t], **ev)[0]
@@ -336,7 +365,7 @@ def _run(benchmark, bundle, mcfg, method, out, folder, resume, device, progress,
         rows.append(row)
         before.append(b)
         logs.append(log)
-        if out is not None:
+        if folder is not None:
             folder.ensure_record()
             _checkpoint(out, t, pools, row, b, counts[-1], merged[-1], log,
                         elapsed + time.time() - t_start)
@@ -366,7 +395,7 @@ def _conclude(res: RunResult, out, folder, finished, benchmark, progress) -> Run
         res.warnings = run_warnings(res.accuracy, chance_levels(benchmark), res.logs)
     if folder is not None:
         res.warnings += [w for w in folder.warnings if w not in res.warnings]
-    if out is not None and finished is None:
+    if folder is not None and finished is None:
         _finish(out, res)
     if progress:
         for w in res.warnings:

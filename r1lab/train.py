@@ -22,6 +22,10 @@ Consolidation (``cfg.consolidate = c > 0``, docs/method.md sec. 13.3): the last
 round(c T) steps compose and train only each pool's current top-m experts, which are then
 exactly the experts merged (``PoolSet.consolidate`` at step T - round(c T)).
 
+Data-parallel (torchrun, r1lab/distributed.py): the batch above is the global batch; every
+process draws the same indices, encodes its contiguous slice, and the loss is computed over
+the gathered features of the whole batch, so the step is one process's step (dropout aside).
+
 Divergence: a non-finite loss (checked every step, at no cost: the loss is read for the log
 anyway) or a non-finite trainable parameter at the end of the task raises ``RunDiverged``
 naming the task, the step and the learning rate.
@@ -37,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from . import distributed
 from .ago import ago_loss
 from .benchmark import Task
 from .config import DACConfig
@@ -59,6 +64,21 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     loss_t = torch.sum(-T * F.log_softmax(logits, dim=1), dim=1).mean()
     loss_i = torch.sum(-T.T * F.log_softmax(logits.T, dim=1), dim=1).mean()
     return (loss_t + loss_i) / 2
+
+
+def batch_task_loss(model, class_tokens: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                    idx: torch.Tensor, logit_scale: torch.Tensor, device="cpu") -> torch.Tensor:
+    """L_task of the mini-batch ``idx`` (docs/method.md sec. 8). Split over processes, this
+    process encodes only its slice of ``idx``, every pool votes over the whole batch, and the
+    loss is computed over the features of every slice, gathered with gradient (see
+    r1lab/distributed.py); in one process that is the whole batch."""
+    mine = distributed.local_part(idx)
+    x, y = images[mine].to(device), labels[mine].to(device)
+    with distributed.split_batch():
+        v = F.normalize(model.encode_image(x), dim=-1)
+        u = F.normalize(model.encode_text(class_tokens[y]), dim=-1)
+    v, u = distributed.gather_features(v, u)
+    return contrastive_loss(v, u, labels[idx].to(device), logit_scale)
 
 
 @dataclass
@@ -107,6 +127,10 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
     use_ago = task_index > 0 and cfg.ago_weight > 0
     logit_scale = model.logit_scale.detach()
     log = TaskLog(task=task.name, template=template, lr=lr)
+    if len(labels) < cfg.batch_size:     # the whole set is the batch: it must split evenly too
+        with distributed.raised_everywhere():
+            distributed.check_batch(len(labels), f" (task {task.name}: its whole training set, "
+                                                 f"smaller than batch_size {cfg.batch_size})")
     model.train()
     steps = _batches(len(labels), cfg.batch_size, cfg.iterations, gen)
     if progress:
@@ -116,10 +140,7 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
     for step, idx in enumerate(steps):
         if step == start_consolidation:
             pools.consolidate()
-        x, y = images[idx].to(device), labels[idx].to(device)
-        v = F.normalize(model.encode_image(x), dim=-1)
-        u = F.normalize(model.encode_text(class_tokens[y]), dim=-1)
-        l_task = contrastive_loss(v, u, y, logit_scale)
+        l_task = batch_task_loss(model, class_tokens, images, labels, idx, logit_scale, device)
         l_ago = ago_loss(pools.values(), cfg.ago_form) if use_ago else l_task.new_zeros(())
         loss = l_task + cfg.ago_weight * l_ago if use_ago else l_task
         value = loss.item()
@@ -129,6 +150,7 @@ def train_task(model, tokenizer, pools: PoolSet, task: Task, data: TensorDataset
         log.lrs.append(opt.param_groups[0]["lr"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params)   # across processes: the one-process gradient
         opt.step()
         if start_consolidation is not None and step >= start_consolidation:
             pools.hold_others()
