@@ -66,12 +66,19 @@ def goal(stats: Dict[str, Dict[str, tuple]], variant: str, reference: str = "dac
          baseline: str = "lora", tolerance: float = TOLERANCE) -> Dict[str, float]:
     """How ``variant`` stands against the goal, from ``Comparison.stats``-style means:
     extra forgetting over ``reference`` (points), the share of the diagonal gap from
-    ``reference`` to ``baseline`` it closes, and whether both conditions hold."""
-    extra = stats[variant]["forgetting"][0] - stats[reference]["forgetting"][0]
-    gap = stats[baseline]["diagonal"][0] - stats[reference]["diagonal"][0]
-    closed = (stats[variant]["diagonal"][0] - stats[reference]["diagonal"][0]) / gap if gap > 0 else float("nan")
+    ``reference`` to ``baseline`` it closes, whether both conditions hold, and its price,
+    the extra forgetting per point of diagonal gained, next to ``baseline``'s price (a variant
+    on the straight line from ``reference`` to ``baseline`` pays the same)."""
+    f, d = (lambda m: stats[m]["forgetting"][0]), (lambda m: stats[m]["diagonal"][0])  # noqa: E731
+    extra = f(variant) - f(reference)
+    gain = d(variant) - d(reference)
+    gap = d(baseline) - d(reference)
+    closed = gain / gap if gap > 0 else float("nan")
+    price = extra / gain if gain > 0 else float("nan")
+    line = (f(baseline) - f(reference)) / gap if gap > 0 else float("nan")
     return {"extra forgetting": extra, "gap closed": closed,
-            "met": bool(extra <= tolerance and closed >= 0.5)}
+            "met": bool(extra <= tolerance and closed >= 0.5),
+            "price": price, "baseline price": line}
 
 
 def merge_drop(runs) -> tuple:

@@ -89,11 +89,12 @@ class Comparison:
         return {k: (float(np.mean([m[k] for m in ms])), float(np.std([m[k] for m in ms])))
                 for k in ms[0]}
 
-    def table(self, label: str = "method", width: int = 14) -> str:
-        """One row per method (or grid cell, ``label``), names in a column ``width`` wide: mean ±
-        std over seeds of each metric; a single seed shows no spread."""
+    def table(self, label: str = "method", width: Optional[int] = None) -> str:
+        """One row per method (or grid cell, ``label``), names in a column ``width`` wide
+        (default: the longest name + 2, at least 14): mean ± std over seeds of each metric; a
+        single seed shows no spread."""
         keys = ("transfer", "average", "last", "diagonal", "forgetting")
-        w = width
+        w = width or max([14] + [len(m) + 2 for m in self.runs])
         head = f"{label:<{w}}{'seeds':>6}" + "".join(f"{k.capitalize():>16}" for k in keys) + f"{'time/run':>10}"
         rows = [head]
         if self.zeroshot is not None:

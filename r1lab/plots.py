@@ -259,11 +259,14 @@ def goal_map(stats: Dict[str, Dict[str, tuple]], ax=None, title: str = "", refer
     ax.add_patch(plt.Rectangle((lo, need), ref["forgetting"][0] + tolerance - lo, hi_diag - need,
                                color="tab:green", alpha=0.12, lw=0))
     ax.text(lo + 0.2, hi_diag - 0.3, "goal", color="tab:green", va="top", fontsize=10)
-    for m, s in stats.items():
+    ax.plot([ref["forgetting"][0], base["forgetting"][0]], [ref["diagonal"][0], base["diagonal"][0]],
+            ls="--", color="0.5", lw=1, label=f"straight line {reference} - {baseline}")
+    for i, (m, s) in enumerate(stats.items()):
         ax.errorbar(s["forgetting"][0], s["diagonal"][0], xerr=s["forgetting"][1], yerr=s["diagonal"][1],
                     fmt="o", capsize=3, label=m)
         ax.annotate(m, (s["forgetting"][0], s["diagonal"][0]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=9)
+                    xytext=(6, (4, -13, 12)[i % 3]), fontsize=9)   # staggered: close points stay legible
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("forgetting (points, lower is better)")
     ax.set_ylabel("diagonal: accuracy on the task just learned (%)")
     ax.set_title(title)

@@ -298,7 +298,9 @@ def test_goal_arithmetic():
           "a": {"forgetting": (5.5, 1), "diagonal": (56.0, 1)},     # +1.5, closes 60 %
           "b": {"forgetting": (6.5, 1), "diagonal": (59.0, 1)},     # +2.5: too much forgetting
           "c": {"forgetting": (3.0, 1), "diagonal": (54.0, 1)}}     # closes only 40 %
-    assert goal(st, "a") == {"extra forgetting": 1.5, "gap closed": pytest.approx(0.6), "met": True}
+    g = goal(st, "a")
+    assert g["extra forgetting"] == 1.5 and g["gap closed"] == pytest.approx(0.6) and g["met"]
+    assert g["price"] == pytest.approx(1.5 / 6.0) and g["baseline price"] == pytest.approx(14 / 10)
     assert not goal(st, "b")["met"] and goal(st, "b")["extra forgetting"] == 2.5
     assert not goal(st, "c")["met"] and goal(st, "c")["gap closed"] == pytest.approx(0.4)
 
