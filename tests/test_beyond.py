@@ -325,3 +325,14 @@ def test_load_comparison_reads_run_folders_without_checkpoints(tmp_path):
     mean, std = beyond.merge_drop(comp.runs["dac"])
     assert std == 0.0
     assert mean == pytest.approx(sum(b - a for b, a in zip(d.before_merge, d.after_merge)) / 3)
+
+
+def test_small_comparison_is_the_fallback_in_both_forms(tmp_path):
+    """What notebook 06 runs when data/results is missing, here for one method at 2 iterations."""
+    from r1lab import beyond
+    for form, space in (("xtail", "union"),):      # the mtil form differs only in the label space
+        comp = beyond.small_comparison(form, tmp_path, methods=["dac"], iterations=2)
+        run = comp.runs["dac"][0]
+        assert run.accuracy.shape == (7, 7) and comp.zeroshot is not None
+        ident = (tmp_path / form / "dac-seed0" / "identity.json").read_text()
+        assert f'"label_space": "{space}"' in ident and '"iterations": 2' in ident
