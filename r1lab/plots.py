@@ -225,10 +225,12 @@ def token_census(rows, title: str = "", axes=None):
     floor = np.log10(TOL) - 1
     for ax, tower in zip(axes, towers):
         M = np.full((len(targets), len(blocks)), np.nan)
+        annot = np.full(M.shape, "", dtype=object)
         for r in rows:
             if r.tower == tower:
-                M[targets.index(r.target), blocks.index(r.block)] = max(np.log10(max(r.spread, 1e-30)), floor)
-        annot = np.where(M <= np.log10(TOL), "=", "")
+                i, j = targets.index(r.target), blocks.index(r.block)
+                M[i, j] = max(np.log10(max(r.spread, 1e-30)), floor)
+                annot[i, j] = "=" if r.constant else ""
         sns.heatmap(M, ax=ax, cmap="rocket", vmin=floor, vmax=0, annot=annot, fmt="",
                     annot_kws={"size": 12, "color": "white", "weight": "bold"},
                     xticklabels=blocks, yticklabels=targets, cbar=ax is axes[-1],

@@ -233,8 +233,7 @@ class ExpertPoolLinear(nn.Module):
         """Start consolidation: from now until ``end_task`` only T = TopK_m(counts so far) is
         composed (in training and evaluation), trained and finally merged; counts stop.
         Returns T."""
-        self.fixed = None
-        self.fixed = self.critical().clone()
+        self.fixed = top_indices(self.counts, self.merge_k, self.cfg.tie_rule)
         self._held = (self.A.detach().clone(), self.B.detach().clone())
         return self.fixed
 
@@ -273,18 +272,13 @@ class ExpertPoolLinear(nn.Module):
         """
         T = self.critical()
         if self.cfg.merge_rule == "svd":
-            B_T, A_T, U_m = self.truncated_update()
-            self._fold(B_T, A_T)
-            self.merged_B = torch.cat([self.merged_B, B_T], dim=1)
-            self.merged_A = torch.cat([self.merged_A, A_T], dim=0)
-            self.past_B = torch.cat([self.past_B, U_m], dim=1)
-            self.reset()
-            return T
-        B_T, A_T = self.B[:, T].clone(), self.A[T, :].clone()
+            B_T, A_T, keep = self.truncated_update()
+        else:
+            B_T, A_T = self.B[:, T].clone(), self.A[T, :].clone()
+            keep = self.B.detach().clone() if self.cfg.ago_past == "all" else B_T
         self._fold(B_T, A_T)
         self.merged_B = torch.cat([self.merged_B, B_T], dim=1)
         self.merged_A = torch.cat([self.merged_A, A_T], dim=0)
-        keep = self.B.detach().clone() if self.cfg.ago_past == "all" else B_T
         self.past_B = torch.cat([self.past_B, keep], dim=1)
         self.reset()
         return T

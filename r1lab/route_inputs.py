@@ -38,14 +38,6 @@ from .poolset import PoolSet
 TOL = 1e-5
 
 
-def _split_name(name: str):
-    """'visual.transformer.resblocks.3.attn.q' -> ('image', 3, 'q')."""
-    tower = PoolSet.tower_of(name)
-    rest = name.split(".resblocks.")[1]
-    block, *_, target = rest.split(".")
-    return tower, int(block), target
-
-
 @torch.no_grad()
 def token_spread(model, pools: PoolSet, images: torch.Tensor, tokens: torch.Tensor) -> Dict[str, float]:
     """{pool name: spread of its routing token over the inputs} (see the module docstring).
@@ -95,7 +87,8 @@ class PoolInput:
 def census(model, pools: PoolSet, images: torch.Tensor, tokens: torch.Tensor) -> List[PoolInput]:
     """Every pool, in order, with its routing-token spread over the given inputs."""
     spread = token_spread(model, pools, images, tokens)
-    return [PoolInput(n, *_split_name(n), spread[n]) for n in pools]
+    return [PoolInput(n, pools.tower_of(n), pools.block_index(n), n.split(".")[-1], spread[n])
+            for n in pools]
 
 
 def architecture_census(model_name: str = "ViT-B-16-quickgelu", cfg: Optional[DACConfig] = None,
