@@ -1,6 +1,6 @@
 """Evaluation throughput of one process against two data-parallel processes (gloo, CPU).
 
-What is timed: one accuracy row (``r1lab.evaluate.accuracy_row``: the heads, then every test
+What is timed: one accuracy row (``r1lab.engine.evaluate.accuracy_row``: the heads, then every test
 set encoded and scored) of the bundled tiny CLIP over the world benchmark's 7 test sets
 (3,050 images; ``--scale k`` repeats each set k times), eval batch 512, as a run evaluates
 its merged model after every task. The variants run interleaved, round by round, in an
@@ -10,7 +10,7 @@ is not timed); medians over rounds:
     1 process, 1 thread      rank 0 alone, ``shard=False`` (rank 1 waits in a barrier)
     1 process, C threads     rank 0 alone with all C cores as intra-op threads
     2 processes x C/2        both ranks, ``shard=True``: each encodes its slice of every
-                             batch, the correct counts are summed (r1lab/distributed.py);
+                             batch, the correct counts are summed (r1lab/engine/distributed.py);
                              timed from a barrier before to a barrier after, on rank 0
 
 The rows of all variants must be equal (checked). The ratio that matters is 2 processes
@@ -50,8 +50,9 @@ def worker(args) -> int:
     import torch.distributed as dist
     from torch.utils.data import TensorDataset
 
-    from r1lab import distributed, load_clip, make_benchmark
-    from r1lab.evaluate import accuracy_row
+    from r1lab import load_clip, make_benchmark
+    from r1lab.engine import distributed
+    from r1lab.engine.evaluate import accuracy_row
 
     distributed.init("cpu", timeout=3600)
     cores = distributed._cores()

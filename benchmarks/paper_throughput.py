@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from r1lab import DACConfig, attach_pools
-from r1lab.benchmark import Task
-from r1lab.evaluate import encode_images
-from r1lab.train import train_task
+from r1lab.data.stream import Task
+from r1lab.engine.evaluate import encode_images
+from r1lab.engine.train import train_task
 
 
 TASKS, TEST_IMAGES = 11, 97209   # MTIL: 11 datasets, 97,209 test images (docs/protocol.md)

@@ -26,7 +26,7 @@ from typing import Iterable
 
 import torch
 
-from .pool import ExpertPoolLinear
+from r1lab.pool import ExpertPoolLinear
 
 
 def pool_ago(pool: ExpertPoolLinear, form: str = "code") -> torch.Tensor:

@@ -10,167 +10,29 @@ Where pools go (docs/method.md sec. 2): in every chosen block of the chosen towe
 
 Two open_clip facts shape this file:
   * default blocks use ``nn.MultiheadAttention``, which fuses q/k/v into one weight and never
-    calls ``out_proj.forward()`` (it reads ``out_proj.weight`` directly), so wrapping
-    ``out_proj`` in place would be silently ignored. We therefore swap the attention module
-    for ``SplitAttention``: four real linear layers and scaled-dot-product attention, numerically
-    the same function. ``CustomResidualAttentionBlock``'s ``Attention`` gets the same treatment
-    (``SplitCustomAttention``), keeping its optional extras (qk-norm, cosine attention, ...).
+    calls ``out_proj.forward()``, so a pool on ``out_proj`` would be silently ignored: the
+    attention module is swapped for ``SplitAttention`` (``attention.py``), four real linear
+    layers and scaled-dot-product attention, numerically the same function.
   * ``detach_pools`` puts the original modules back with the merged weights written into
     them, so a merged model is plain open_clip again: same keys, same forward code.
+
+Which layer each pool is: ``pool_class`` (the paper's ``ExpertPoolLinear`` by default; the
+methods pick variant layers through ``r1lab.methods.layers.attach_pools``).
 """
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from open_clip.transformer import (Attention, CustomResidualAttentionBlock,
-                                   ResidualAttentionBlock)
+from open_clip.transformer import Attention, CustomResidualAttentionBlock, ResidualAttentionBlock
 
-from .config import DACConfig
-from .pool import ExpertPoolLinear, RouteToken
-from .poolset import PoolSet
-
-_ORIGINAL = "_r1lab_original"   # attribute holding the replaced module (not a submodule)
-
-
-def _frozen_linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                    device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        if bias is not None:
-            lin.bias.copy_(bias)
-    lin.requires_grad_(False)
-    return lin
-
-
-def _split_qkv(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> List[nn.Linear]:
-    d = weight.shape[1]
-    return [_frozen_linear(weight[i * d:(i + 1) * d], None if bias is None else bias[i * d:(i + 1) * d])
-            for i in range(3)]
-
-
-def _to_float_mask(mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """nn.MultiheadAttention's bool masks mean "not allowed"; SDPA's mean "allowed".
-    An additive float mask means the same to both, so convert bools to -inf / 0."""
-    if mask is None or mask.dtype != torch.bool:
-        return None if mask is None else mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
-
-
-class SplitAttention(nn.Module):
-    """Drop-in for open_clip's batch-first ``nn.MultiheadAttention`` with q, k, v and o as
-    separate modules, each a frozen ``nn.Linear`` or an ``ExpertPoolLinear``.
-
-    attn(x) = o( softmax(q(x) k(x)^T / sqrt(d_h) + mask) v(x) ), heads split on the last dim.
-    """
-
-    def __init__(self, mha: nn.MultiheadAttention):
-        super().__init__()
-        if not mha.batch_first or not mha._qkv_same_embed_dim or mha.bias_k is not None:
-            raise NotImplementedError("r1lab supports open_clip's batch-first self-attention only")
-        self.num_heads = mha.num_heads
-        self.dropout = mha.dropout
-        self.q, self.k, self.v = _split_qkv(mha.in_proj_weight.detach(),
-                                            None if mha.in_proj_bias is None else mha.in_proj_bias.detach())
-        self.o = _frozen_linear(mha.out_proj.weight.detach(),
-                                None if mha.out_proj.bias is None else mha.out_proj.bias.detach())
-        object.__setattr__(self, _ORIGINAL, mha)
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        N, L, C = t.shape
-        return t.view(N, L, self.num_heads, C // self.num_heads).transpose(1, 2)
-
-    def forward(self, query, key=None, value=None, key_padding_mask=None,
-                need_weights=False, attn_mask=None, **unused):
-        if key_padding_mask is not None:
-            raise NotImplementedError("key_padding_mask is not used by CLIP and not supported")
-        key = query if key is None else key
-        value = query if value is None else value
-        N, L, C = query.shape
-        mask = _to_float_mask(attn_mask, query.dtype)
-        if mask is not None and mask.dim() == 3:     # (N*heads, L, S) as nn.MultiheadAttention takes it
-            mask = mask.view(N, self.num_heads, L, -1)
-        x = F.scaled_dot_product_attention(
-            self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value)),
-            attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(N, L, C)
-        return self.o(x), None
-
-    @torch.no_grad()
-    def restore(self) -> nn.MultiheadAttention:
-        """The original module with the current (merged) q/k/v/o weights written into it."""
-        # the stashed original is not a submodule, so model.to(...) after attaching did not
-        # move it: give it the current weights' device and dtype before copying them in
-        w = _base(self.q).weight
-        mha = getattr(self, _ORIGINAL).to(device=w.device, dtype=w.dtype)
-        mha.in_proj_weight.copy_(torch.cat([_base(self.q).weight, _base(self.k).weight, _base(self.v).weight]))
-        if mha.in_proj_bias is not None:
-            mha.in_proj_bias.copy_(torch.cat([_base(self.q).bias, _base(self.k).bias, _base(self.v).bias]))
-        mha.out_proj.weight.copy_(_base(self.o).weight)
-        if mha.out_proj.bias is not None:
-            mha.out_proj.bias.copy_(_base(self.o).bias)
-        return mha
-
-
-class SplitCustomAttention(nn.Module):
-    """Drop-in for open_clip's ``Attention`` (used by ``CustomResidualAttentionBlock``) with
-    separate q, k, v, o modules; keeps its qk-norm, scaled-cosine, head-scale and inner-norm."""
-
-    def __init__(self, att: Attention):
-        super().__init__()
-        self.num_heads, self.scale = att.num_heads, att.scale
-        self.logit_scale_max = att.logit_scale_max
-        self.q, self.k, self.v = _split_qkv(att.in_proj_weight.detach(),
-                                            None if att.in_proj_bias is None else att.in_proj_bias.detach())
-        self.o = _frozen_linear(att.out_proj.weight.detach(),
-                                None if att.out_proj.bias is None else att.out_proj.bias.detach())
-        # the extras are shared with the original module (frozen, read-only here)
-        self.ln_q, self.ln_k, self.ln_inner = att.ln_q, att.ln_k, att.ln_inner
-        self.attn_drop, self.out_drop = att.attn_drop, att.out_drop
-        self.logit_scale, self.head_scale = att.logit_scale, att.head_scale
-        object.__setattr__(self, _ORIGINAL, att)
-
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None):
-        N, L, C = x.shape
-        heads = lambda t: t.reshape(N, L, self.num_heads, -1).transpose(1, 2)
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        if attn_mask is not None and attn_mask.dim() == 3:
-            attn_mask = attn_mask.reshape(N, self.num_heads, L, L)
-        attn_mask = _to_float_mask(attn_mask, q.dtype)
-        if self.logit_scale is not None:
-            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
-            attn = attn * torch.clamp(self.logit_scale, max=self.logit_scale_max).exp()
-            if attn_mask is not None:
-                attn = attn + attn_mask
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
-        else:
-            x = F.scaled_dot_product_attention(
-                self.ln_q(q), self.ln_k(k), v, attn_mask=attn_mask,
-                dropout_p=self.attn_drop.p if self.training else 0.0)
-        if self.head_scale is not None:
-            x = x * self.head_scale
-        x = self.ln_inner(x.transpose(1, 2).reshape(N, L, C))
-        return self.out_drop(self.o(x))
-
-    @torch.no_grad()
-    def restore(self) -> Attention:
-        w = _base(self.q).weight
-        att = getattr(self, _ORIGINAL).to(device=w.device, dtype=w.dtype)  # see SplitAttention.restore
-        att.in_proj_weight.copy_(torch.cat([_base(self.q).weight, _base(self.k).weight, _base(self.v).weight]))
-        if att.in_proj_bias is not None:
-            att.in_proj_bias.copy_(torch.cat([_base(self.q).bias, _base(self.k).bias, _base(self.v).bias]))
-        att.out_proj.weight.copy_(_base(self.o).weight)
-        if att.out_proj.bias is not None:
-            att.out_proj.bias.copy_(_base(self.o).bias)
-        return att
-
-
-def _base(m: nn.Module) -> nn.Linear:
-    return m.base if isinstance(m, ExpertPoolLinear) else m
+from r1lab.attention import SplitAttention, SplitCustomAttention
+from r1lab.config import DACConfig
+from r1lab.pool import ExpertPoolLinear
+from r1lab.poolset import PoolSet
+from r1lab.routing import RouteToken
 
 
 # ---------------------------------------------------------------------------- towers
@@ -273,8 +135,9 @@ def plan_pools(model: nn.Module, cfg: DACConfig) -> List[Tuple[str, int, nn.Modu
     return plan
 
 
-def attach_pools(model: nn.Module, cfg: DACConfig) -> PoolSet:
-    """Freeze ``model`` and put an ``ExpertPoolLinear`` on every target of every chosen block.
+def attach_pools(model: nn.Module, cfg: DACConfig, pool_class: type = ExpertPoolLinear) -> PoolSet:
+    """Freeze ``model`` and put a pool (``pool_class``, the paper's layer by default) on every
+    target of every chosen block.
 
     Returns a ``PoolSet`` (an ordered dict: qualified module name -> pool), e.g.
     ``visual.transformer.resblocks.0.attn.q`` or ``transformer.resblocks.11.mlp.c_proj``.
@@ -310,7 +173,7 @@ def attach_pools(model: nn.Module, cfg: DACConfig) -> PoolSet:
                 swap(block, "attn", split(block.attn))
             for t in cfg.targets:
                 parent = block.attn if t in "qkvo" else block.mlp
-                pool = ExpertPoolLinear(getattr(parent, t), cfg, route_token=tokens[tower])
+                pool = pool_class(getattr(parent, t), cfg, route_token=tokens[tower])
                 swap(parent, t, pool)
                 pools[f"{name}.{'attn' if t in 'qkvo' else 'mlp'}.{t}"] = pool
     except BaseException:
@@ -361,9 +224,3 @@ def save_merged(model: nn.Module, path) -> None:
     from safetensors.torch import save_file
     sd = {k: v.contiguous() for k, v in merged_state_dict(model).items()}
     save_file(sd, str(path))
-
-
-def iter_pools(model: nn.Module) -> Iterator[Tuple[str, ExpertPoolLinear]]:
-    for name, m in model.named_modules():
-        if isinstance(m, ExpertPoolLinear):
-            yield name, m

@@ -10,7 +10,7 @@
     python -m r1lab run --benchmark mtil --order I --data-root /data --model ViT-B-16-quickgelu \\
         --pretrained openai --preset paper --device cuda --out runs/mtil-order1
     torchrun --nproc_per_node 8 -m r1lab run ... --device cuda
-                                  one run, data-parallel over 8 processes (r1lab/distributed.py)
+                                  one run, data-parallel over 8 processes (r1lab/engine/distributed.py)
 
 Errors a user can fix (a wrong --set value, a folder holding another run, a diverged run, a
 locked folder, a corrupt checkpoint or dataset file) print as "r1lab: error: ..." without a
@@ -21,81 +21,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import METHODS, DACConfig
-from .errors import ConfigError, R1labError
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", default="world", choices=("world", "mtil", "xtail", "mtil-synthetic"),
-                   help="world: generated offline default; mtil / xtail: local dataset folders")
-    p.add_argument("--data-root", default=None, help="folder holding the MTIL datasets (data/README.md)")
-    p.add_argument("--order", default=None, help="MTIL order I or II; for world, comma-separated domains")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of the order's tasks (quick runs)")
-    p.add_argument("--check", default="full", choices=("full", "classes", "none"),
-                   help="dataset count checks before training (mtil / xtail)")
-    p.add_argument("--model", default="tiny", help="'tiny' (bundled) or an open_clip name, e.g. ViT-B-16-quickgelu")
-    p.add_argument("--pretrained", default=None, help="open_clip tag ('openai', needs internet) or a local weights file")
-    p.add_argument("--preset", default=None, choices=("world", "paper", "tiny"),
-                   help="configuration preset (default: world for the world benchmark, paper otherwise)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a DACConfig field, e.g. --set iterations=200 --set lr=2e-3")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
-    p.add_argument("--workers", type=int, default=0, help="data-loader workers for caching and evaluation")
-    p.add_argument("--bf16", action="store_true", help="evaluate under bf16 autocast (GPU; fp32 is the default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--label-space", default=None, choices=("task", "union"),
-                   help="world only: 'union' classifies every test image among all domains' "
-                        "classes (the X-TAIL form); default 'task' (MTIL form)")
-    p.add_argument("--eval-split", default="test", choices=("test", "val"),
-                   help="world only: 'val' scores on a validation split of the training "
-                        "distribution (choose hyper-parameters there, report on test)")
-    p.add_argument("--test-scale", type=float, default=1.0,
-                   help="mtil-synthetic only: shrink every test set to this share (0 < s <= 1)")
-
-
-def _config(args) -> DACConfig:
-    """The preset, then every --set FIELD=VALUE parsed to the field's declared type."""
-    from .experiment import preset
-    name = args.preset or ("world" if args.benchmark == "world" else "paper")
-    cfg = preset(name, args.benchmark, args.order if args.order in ("I", "II", "1", "2") else "I")
-    changes = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        changes[k.strip()] = DACConfig.parse_value(k.strip(), v)
-    if getattr(args, "workers", 0) < 0:
-        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
-    return cfg.replace(**changes)
-
-
-def _benchmark(args):
-    from .experiment import make_benchmark
-    kw = {}
-    if args.benchmark == "mtil-synthetic":
-        # random images at the model's input size (no dataset read: timing only);
-        # --test-scale < 1 shrinks the test sets (CPU tests)
-        from .datasets.synthetic import model_input_size
-        kw["image_size"] = model_input_size(args.model, args.pretrained)
-        kw["shots"] = _config(args).shots or 5
-        kw["test_scale"] = args.test_scale
-    elif args.benchmark != "world":
-        kw["check"] = False if args.check == "none" else args.check
-    if args.benchmark == "world":
-        kw["eval_split"] = args.eval_split
-        if args.label_space:
-            kw["label_space"] = args.label_space
-    elif args.label_space or args.eval_split != "test":
-        raise ConfigError(f"--label-space and --eval-split apply to the world benchmark only "
-                          f"(mtil has the task label space, xtail the union one)")
-    names = [n.strip() for n in args.tasks.split(",")] if args.tasks else None
-    return make_benchmark(args.benchmark, data_root=args.data_root, order=args.order, names=names, **kw)
+from r1lab.engine.presets import (add_common_arguments, add_run_arguments, benchmark_from_args,
+                                  config_from_args)
+from r1lab.errors import ConfigError, R1labError
+from r1lab.methods import METHODS
 
 
 def cmd_compare(args) -> int:
-    from .experiment import compare
-    cfg = _config(args)
-    comp = compare(args.methods, args.seeds, _benchmark(args), cfg, args.model, args.pretrained,
+    from r1lab.engine.comparison import compare
+    cfg = config_from_args(args)
+    comp = compare(args.methods, args.seeds, benchmark_from_args(args), cfg, args.model, args.pretrained,
                    args.out, args.device, not args.quiet, resume=not args.no_resume,
                    overwrite=args.overwrite)
     print()
@@ -112,14 +47,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from . import distributed
-    from .metrics import format_table
-    from .models import load_clip
-    from .run import run_stream
-    cfg = _config(args)
+    from r1lab.engine import distributed
+    from r1lab.engine.metrics import format_table
+    from r1lab.engine.models import load_clip
+    from r1lab.engine.run import run_stream
+    cfg = config_from_args(args)
     # under torchrun: join the process group; each process gets its device (cuda:LOCAL_RANK)
     device = distributed.init(args.device, args.dist_timeout)
-    bm = _benchmark(args)
+    bm = benchmark_from_args(args)
     main = distributed.is_main()
     if not args.quiet and main:
         print(bm.describe())
@@ -146,9 +81,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .metrics import format_table
-    from .run import load_run
-    from .sweep import grid_table, is_sweep
+    from r1lab.engine.metrics import format_table
+    from r1lab.engine.run import load_run
+    from r1lab.engine.comparison import grid_table, is_sweep
     for d in args.runs:
         if is_sweep(d):          # a sweep folder: mean ± std over seeds per grid cell
             print(f"== {d}")
@@ -166,10 +101,10 @@ def cmd_summary(args) -> int:
 
 
 def _common_argv(args) -> list:
-    """The options of ``_common`` that differ from their defaults, as ``run`` arguments
+    """The options of ``add_common_arguments`` that differ from their defaults, as ``run`` arguments
     (--set and --order are the sweep's own: fixed settings, grid axes, orders)."""
     p = argparse.ArgumentParser(add_help=False)
-    _common(p)
+    add_common_arguments(p)
     argv = []
     for a in p._actions:
         if not a.option_strings or a.dest in ("set", "order", "help"):
@@ -186,7 +121,7 @@ def _common_argv(args) -> list:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import expand, parse_sets, run_sweep
+    from r1lab.scale.sweep import expand, parse_sets, run_sweep
     fixed, grid = parse_sets(args.set)
     orders = args.orders
     common = _common_argv(args)
@@ -194,7 +129,8 @@ def cmd_sweep(args) -> int:
         common += ["--order", args.order]
     points = expand(args.methods, args.seeds, orders, grid)
     rep = run_sweep(points, args.out, common, fixed, args.cluster, args.partition,
-                    args.timeout_min, args.gpus_per_node, args.threads, not args.quiet)
+                    args.timeout_min, args.gpus_per_node, args.threads, not args.quiet,
+                    runner=run_argv)
     print(f"sweep {args.out}: {len(rep.points)} points, {len(rep.skipped)} skipped (finished), "
           f"{len(rep.done)} finished now, {len(rep.failed)} failed")
     for p, why, err in rep.failed:
@@ -205,10 +141,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_zeroshot(args) -> int:
-    from .evaluate import zeroshot_table
-    from .experiment import make_benchmark
-    from .models import load_clip
-    bm = _benchmark(args)
+    from r1lab.engine.evaluate import zeroshot_table
+    from r1lab.engine.models import load_clip
+    bm = benchmark_from_args(args)
     b = load_clip(args.model, args.pretrained, args.device)
     for name, acc in zeroshot_table(b.model, b.tokenizer, bm, args.device).items():
         print(f"{name:<16}{acc:6.1f}  (chance {100 / bm[name].num_classes:.1f})")
@@ -220,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("compare", help="several methods x seeds, mean and spread side by side")
-    _common(p)
+    add_common_arguments(p)
     p.add_argument("--methods", nargs="+", default=["dac", "lora"], choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", default="runs/compare", help="parent folder of the run folders")
@@ -230,22 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --no-resume: move old runs aside to <folder>.old-<time>")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("run", help="one method over one benchmark stream (resumable)")
-    _common(p)
-    p.add_argument("--method", default="dac", choices=METHODS)
-    p.add_argument("--out", default=None, help="run folder; an existing one is resumed")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over; refused on a folder holding a run unless --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="with --no-resume: move the old run aside to <out>.old-<time> first")
-    p.add_argument("--fallback", action="store_true",
-                   help="on a corrupt checkpoint, resume from the last readable one")
-    p.add_argument("--zeroshot-row", action="store_true", help="also evaluate the untrained model first")
-    p.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
-                   help="under torchrun: how long a process waits for the others in a collective "
-                        "before it stops the run with an error (default 600)")
+    add_run_arguments(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("sweep", help="a grid of runs, one scheduler job per point (submitit)")
-    _common(p)
+    add_common_arguments(p)
     p.add_argument("--methods", nargs="+", default=["dac"], choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--orders", nargs="+", default=None,
@@ -262,20 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("zeroshot", help="zero-shot accuracy per dataset")
-    _common(p)
+    add_common_arguments(p)
     p.set_defaults(func=cmd_zeroshot)
     return ap
 
 
+def run_argv(argv) -> int:
+    """One command in this process with its errors raised, not printed: a sweep's job (the
+    scheduler records a failed job with its traceback)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
 def main(argv=None) -> int:
-    from . import distributed
+    from r1lab.engine import distributed
     args = build_parser().parse_args(argv)
     try:
         if distributed.launched_world_size() > 1 and args.cmd != "run":
             raise ConfigError(f"only `run` is data-parallel; start `{args.cmd}` without torchrun "
                               f"(WORLD_SIZE is {distributed.launched_world_size()})")
         return args.func(args)
-    except R1labError as e:        # includes the dataset errors (r1lab.datasets.checks)
+    except R1labError as e:        # includes the dataset errors (r1lab.data.mtil.checks)
         # under torchrun an error that every process raises alike is printed once, by rank 0
         alike = getattr(e, "r1lab_every_rank", False)
         if distributed.is_main() or not alike:

@@ -29,23 +29,27 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import numbers
 import typing
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, Literal, Optional, Tuple, Union
 
-from .errors import ConfigError
+from r1lab.errors import ConfigError
 
 TARGETS = ("q", "k", "v", "o", "c_fc", "c_proj")
 TOWERS = ("image", "text")
-ROUTERS = ("frozen", "gate", "ste")
-ROUTE_TOKENS = ("sot", "eot")
-SELECTIONS = ("batch", "sample")
-AGO_PAST = ("all", "merged")
-AGO_FORMS = ("code", "paper", "dense")
-TIE_RULES = ("lower", "topk", "random")
-MERGE_RULES = ("topm", "svd")
+# the switches' values; each field's type below is the Literal of its tuple
+Router = Literal["frozen", "gate", "ste"]
+RouteTokenName = Literal["sot", "eot"]
+Selection = Literal["batch", "sample"]
+AgoPast = Literal["all", "merged"]
+AgoForm = Literal["code", "paper", "dense"]
+TieRule = Literal["lower", "topk", "random"]
+MergeRule = Literal["topm", "svd"]
+ROUTERS, ROUTE_TOKENS, SELECTIONS, AGO_PAST, AGO_FORMS, TIE_RULES, MERGE_RULES = (
+    typing.get_args(t) for t in (Router, RouteTokenName, Selection, AgoPast, AgoForm, TieRule, MergeRule))
 
 # Order II learning rates of the paper (docs/method.md sec. 9), listed in Order II's task order,
 # and the same rates keyed by dataset: what the configuration stores.
@@ -55,8 +59,7 @@ ORDER2_LRS = (2e-3, 2e-3, 1e-3, 2e-3, 2e-3, 2e-3, 3e-3, 2e-3, 2e-3, 1e-3, 3e-3)
 ORDER2_LR_BY_TASK: Dict[str, float] = dict(zip(ORDER2_TASKS, ORDER2_LRS))
 ORDER2_STREAM = "MTIL Order II"
 
-INT_FIELDS = ("rank", "top_k", "merge_k", "iterations", "batch_size", "eval_batch_size")
-REAL_FIELDS = ("alpha", "dropout", "ago_weight", "lr", "lr_min", "weight_decay", "consolidate")
+INT_MINIMUM = {"seed": 0}   # every other int field is a count: at least 1
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,18 @@ class DACConfig:
     blocks: Optional[Tuple[int, ...]] = None  # block indices; None = all blocks
 
     # --- switches (docs/method.md sec. 12); defaults = the authors' code -------------------------
-    router: str = "frozen"        # "frozen": no gradient (code); "gate" / "ste": learned
-    text_route_token: str = "sot"  # text tower routes on token 0 ("sot", code) or end-of-text
-    selection: str = "batch"      # "batch": one vote per mini-batch (code); "sample"
-    ago_past: str = "all"         # past B columns in AGO: "all" (code bug) or "merged" (paper)
-    ago_form: str = "code"        # "code": sum |cross-Gram|; "paper": mean of pair dots; "dense"
+    router: Router = "frozen"      # "frozen": no gradient (code); "gate" / "ste": learned
+    text_route_token: RouteTokenName = "sot"  # text tower routes on token 0 ("sot", code) or end-of-text
+    selection: Selection = "batch"    # "batch": one vote per mini-batch (code); "sample"
+    ago_past: AgoPast = "all"       # past B columns in AGO: "all" (code bug) or "merged" (paper)
+    ago_form: AgoForm = "code"      # "code": sum |cross-Gram|; "paper": mean of pair dots; "dense"
     ago_weight: float = 0.1       # lambda; AGO applies from the second task on
-    tie_rule: str = "lower"       # equal hits / counts at the k-th (m-th) place: "lower" index
+    tie_rule: TieRule = "lower"     # equal hits / counts at the k-th (m-th) place: "lower" index
                                   # wins, "topk" = torch.topk's order, "random" (seeded)
 
     # --- variants beyond the paper (docs/method.md sec. 13); defaults = DAC ----------------------
     consolidate: float = 0.0      # last share of each task's steps training only the top-m
-    merge_rule: str = "topm"      # "topm": fold the top-m experts; "svd": the rank-m truncation
+    merge_rule: MergeRule = "topm"    # "topm": fold the top-m experts; "svd": the rank-m truncation
 
     # --- training (docs/method.md sec. 8-9) ----------------------------------------------------
     lr: float = 2e-3              # AdamW peak learning rate
@@ -110,25 +113,24 @@ class DACConfig:
         def put(name, value):
             object.__setattr__(self, name, value)
 
-        for name in INT_FIELDS:
+        for name, tp in _hints(type(self)).items():   # the declared types
             v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                bad(f"{name} must be a positive integer, got {v!r}{_kind(v)}")
-            put(name, int(v))
-        for name in REAL_FIELDS:
-            v = getattr(self, name)
-            if not _is_real(v) or not math.isfinite(v):
-                bad(f"{name} must be a finite number, got {v!r}{_kind(v)}")
-            put(name, float(v))
-        if not _is_int(self.seed) or self.seed < 0:
-            bad(f"seed must be a non-negative integer, got {self.seed!r}{_kind(self.seed)}")
-        put("seed", int(self.seed))
+            if tp is int:
+                low = INT_MINIMUM.get(name, 1)
+                if not _is_int(v) or v < low:
+                    what = "a positive integer" if low == 1 else "a non-negative integer"
+                    bad(f"{name} must be {what}, got {v!r}{_kind(v)}")
+                put(name, int(v))
+            elif tp is float:
+                if not _is_real(v) or not math.isfinite(v):
+                    bad(f"{name} must be a finite number, got {v!r}{_kind(v)}")
+                put(name, float(v))
+            elif tp is bool and not isinstance(v, bool):
+                bad(f"{name} must be True or False, got {v!r}")
         if self.shots is not None:
             if not _is_int(self.shots) or self.shots < 1:
                 bad(f"shots must be an integer >= 1 or None (full data), got {self.shots!r}{_kind(self.shots)}")
             put("shots", int(self.shots))
-        if not isinstance(self.eval_before_merge, bool):
-            bad(f"eval_before_merge must be True or False, got {self.eval_before_merge!r}")
         if self.top_k > self.rank:
             bad(f"top_k={self.top_k} > rank={self.rank}: a pool cannot activate more experts "
                 f"than it has; use top_k <= rank")
@@ -169,12 +171,9 @@ class DACConfig:
             if blocks is None or any((not _is_int(b)) or b < 0 for b in blocks):
                 bad(f"blocks must be non-negative block indices, got {self.blocks}")
             put("blocks", tuple(int(b) for b in blocks))
-        for name, allowed in (("router", ROUTERS), ("text_route_token", ROUTE_TOKENS),
-                              ("selection", SELECTIONS), ("ago_past", AGO_PAST),
-                              ("ago_form", AGO_FORMS), ("tie_rule", TIE_RULES),
-                              ("merge_rule", MERGE_RULES)):
-            if getattr(self, name) not in allowed:
-                bad(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        for name, tp in _hints(type(self)).items():    # the switches
+            if typing.get_origin(tp) is Literal and getattr(self, name) not in typing.get_args(tp):
+                bad(f"{name}={getattr(self, name)!r} is not one of {typing.get_args(tp)}")
 
     # --- derived ----------------------------------------------------------------------------
     @property
@@ -277,58 +276,13 @@ class DACConfig:
         return base.replace(top_k=base.rank, merge_k=base.rank, ago_weight=0.0)
 
 
-def method_config(method: str, base: DACConfig) -> DACConfig:
-    """The methods of the continual-learning engine, as configurations of one layer.
-
-    ``dac``            the authors' DAC
-    ``lora``           plain sequential LoRA (all experts active and merged, no AGO)
-    ``dac-no-ago``     DAC with lambda = 0
-    ``dac-no-route``   no routing: all r experts active and merged, AGO on (LoRA + AGO)
-    ``dac-merge-all``  DAC that merges every active expert (m = k)
-    ``zeroshot``       handled by the engine: no training at all
-
-    Beyond the paper (docs/method.md sec. 13), each one change to DAC:
-    ``dac-eot``          text pools route on the end-of-text token instead of start-of-text
-    ``dac-gate``         a learned router: the active experts weighted by renormalised scores
-    ``dac-consolidate``  the last CONSOLIDATE share of each task trains only the top-m experts
-    ``dac-svd``          merge the rank-m truncated SVD of the whole update, not the top-m
-    ``dac-route-m``      compose only m experts per batch (k = m): the vote picks what merges
-    """
-    if method == "dac":
-        return base
-    if method == "lora":
-        return DACConfig.plain_lora(base)
-    if method == "dac-no-ago":
-        return base.replace(ago_weight=0.0)
-    if method == "dac-no-route":
-        return base.replace(top_k=base.rank, merge_k=base.rank)
-    if method == "dac-merge-all":
-        return base.replace(merge_k=base.top_k)
-    if method == "dac-eot":
-        return base.replace(text_route_token="eot")
-    if method == "dac-gate":
-        return base.replace(router="gate")
-    if method == "dac-consolidate":
-        return base.replace(consolidate=CONSOLIDATE)
-    if method == "dac-svd":
-        return base.replace(merge_rule="svd")
-    if method == "dac-route-m":
-        return base.replace(top_k=base.merge_k)
-    if method == "zeroshot":
-        return base
-    raise ConfigError(f"unknown method {method!r}; choose from {METHODS}")
-
-
-METHODS = ("zeroshot", "lora", "dac", "dac-no-ago", "dac-no-route", "dac-merge-all",
-           "dac-eot", "dac-gate", "dac-consolidate", "dac-svd", "dac-route-m")
-BEYOND = ("dac-eot", "dac-gate", "dac-consolidate", "dac-svd", "dac-route-m")
-
-# share of each task's steps that dac-consolidate spends training only the top-m experts,
-# chosen on seed 0 and the world's validation split (docs/method.md sec. 13.3)
-CONSOLIDATE = 0.75
-
-
 # ------------------------------------------------------------------------------ helpers
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    """The dataclass's declared field types (what validation and ``--set`` parsing follow)."""
+    return typing.get_type_hints(cls)
+
+
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -381,6 +335,8 @@ def _parse(tp, s: str):
         if len(parts) != len(args):
             raise ValueError(f"needs {len(args)} comma-separated values, got {s!r}")
         return tuple(_parse(a, p) for a, p in zip(args, parts))
+    if origin is Literal:   # a switch: its value is checked by DACConfig itself
+        return _parse(str, s)
     if tp is bool:
         if s.lower() in _TRUE + _FALSE:
             return s.lower() in _TRUE

@@ -42,7 +42,7 @@ class RunWriteError(R1labError, OSError):
 
 class DistributedError(R1labError, RuntimeError):
     """A data-parallel run (torchrun) could not start, or a collective operation failed: another
-    process stopped, or did not answer within ``--dist-timeout`` seconds (r1lab/distributed.py)."""
+    process stopped, or did not answer within ``--dist-timeout`` seconds (r1lab/engine/distributed.py)."""
 
 
 class CheckpointCorrupt(R1labError, RuntimeError):

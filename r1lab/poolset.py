@@ -7,13 +7,34 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, NamedTuple
 
 import torch
 import torch.nn as nn
 
-from .config import DACConfig
-from .pool import ExpertPoolLinear, Route
+from r1lab.config import DACConfig
+from r1lab.pool import ExpertPoolLinear
+from r1lab.routing import Route
+
+
+class PoolAddress(NamedTuple):
+    """Where a pool sits: ``visual.transformer.resblocks.3.mlp.c_fc`` -> ("image", 3, "c_fc")."""
+    tower: str
+    block: int
+    target: str
+
+    @classmethod
+    def of(cls, name: str) -> "PoolAddress":
+        """The address of the pool at the module path ``name`` (as ``attach_pools`` names it)."""
+        try:
+            block = int(name.split(".resblocks.")[1].split(".")[0])
+        except (IndexError, ValueError):
+            raise ValueError(f"{name!r} is not a pool path (…resblocks.<block>.…<target>)") from None
+        return cls("image" if name.startswith("visual.") else "text", block, name.rsplit(".", 1)[-1])
+
+    def words(self) -> str:
+        """"image tower, block 3, c_fc"."""
+        return f"{self.tower} tower, block {self.block}, {self.target}"
 
 
 class PoolSet(OrderedDict):
@@ -26,14 +47,19 @@ class PoolSet(OrderedDict):
     # ------------------------------------------------------------------ views
     @staticmethod
     def tower_of(name: str) -> str:
-        return "image" if name.startswith("visual.") else "text"
+        return PoolAddress.of(name).tower
 
     def tower(self, tower: str) -> "PoolSet":
         """The pools of one tower ("image" or "text")."""
         return PoolSet({n: p for n, p in self.items() if self.tower_of(n) == tower}, self.cfg)
 
-    def block_index(self, name: str) -> int:
-        return int(name.split(".resblocks.")[1].split(".")[0])
+    @staticmethod
+    def block_index(name: str) -> int:
+        return PoolAddress.of(name).block
+
+    def find(self, tower: str, block: int, target: str):
+        """The name of the pool at (tower, block, target), or None."""
+        return next((n for n in self if PoolAddress.of(n) == (tower, block, target)), None)
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         """A and B of every pool, plus the routers when they are learned."""
@@ -45,15 +71,22 @@ class PoolSet(OrderedDict):
         for pool in self.values():
             pool.reset()
 
-    def consolidate(self) -> Dict[str, torch.Tensor]:
-        """Fix every pool's active set to its current top-m for the rest of the task
-        (docs/method.md sec. 13.3); returns {name: fixed expert indices}."""
-        return {name: pool.consolidate() for name, pool in self.items()}
-
-    def hold_others(self) -> None:
-        """During consolidation: experts outside the fixed sets stay where they were."""
+    def before_step(self, step: int) -> None:
+        """The step schedule of layers that have one (consolidation), before step ``step``."""
         for pool in self.values():
-            pool.hold_others()
+            if hasattr(pool, "before_step"):
+                pool.before_step(step)
+
+    def after_step(self, step: int) -> None:
+        """... and right after the optimiser step."""
+        for pool in self.values():
+            if hasattr(pool, "after_step"):
+                pool.after_step(step)
+
+    def use_collective(self, collective) -> None:
+        """How every pool combines its vote over processes (``routing.Collective``)."""
+        for pool in self.values():
+            pool.collective = collective
 
     def end_task(self) -> Dict[str, torch.Tensor]:
         """Merge every pool's top-m experts; returns {name: merged expert indices}."""

@@ -19,9 +19,9 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from r1lab.models import load_clip  # noqa: E402
-from r1lab.world import make_world_benchmark  # noqa: E402
-from r1lab.world.pretrain import format_rows, measure_world  # noqa: E402
+from r1lab.engine.models import load_clip  # noqa: E402
+from r1lab.data.world import make_world_benchmark  # noqa: E402
+from r1lab.engine.pretrain_world import format_rows, measure_world  # noqa: E402
 
 
 def check(rows) -> list:

@@ -142,3 +142,18 @@ def stock_weight(model, pool_name: str) -> torch.Tensor:
     if target == "o":
         return module.out_proj.weight
     return getattr(module, target).weight
+
+
+# ----------------------------------------------------------------------------- test lanes
+# README, "Contributing": `pytest -m "not slow"` is the fast lane (the library tests without the
+# multi-process, ViT-B/16 end-to-end and same-numbers runs); `bash scripts/test.sh` runs every
+# lane: tests/, the notebooks under nbval (marked notebook) and the browser test (marked browser).
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = str(item.fspath)
+        if path.endswith(".ipynb"):
+            item.add_marker(pytest.mark.notebook)
+            item.add_marker(pytest.mark.slow)
+        elif "tests_browser" in path:
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)

@@ -67,8 +67,8 @@ def _record_writes(watch: str, out_dir: str) -> None:
 
 def _inject_fault(kind: str) -> None:
     """Rank 1 fails (``raise``) or stops answering (``hang``) when its first task starts."""
-    import r1lab.run
-    real = r1lab.run.train_task
+    import r1lab.engine.run
+    real = r1lab.engine.run.train_task
 
     def train_task(*args, **kw):
         if os.environ.get("RANK") == "1" and args[6] == 0:       # task_index
@@ -76,7 +76,7 @@ def _inject_fault(kind: str) -> None:
                 time.sleep(240)          # bounded, should torchrun fail to stop it
             raise RuntimeError("injected failure of rank 1")
         return real(*args, **kw)
-    r1lab.run.train_task = train_task
+    r1lab.engine.run.train_task = train_task
 
 
 def cli(argv) -> int:
@@ -100,6 +100,8 @@ def grad_setup(router: str):
     bundle.model.double()               # float64: rounding far below the asserted tolerance
     torch.manual_seed(1)
     pools = attach_pools(bundle.model, cfg)
+    from r1lab.engine import distributed
+    pools.use_collective(distributed.COLLECTIVE)   # what run_stream does under torchrun
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for pool in pools.values():
@@ -124,10 +126,10 @@ def grad_step(router: str):
     import torch
     from torch.utils.data import TensorDataset
     from engine_setup import fake_benchmark
-    from r1lab import distributed
+    from r1lab.engine import distributed
     from r1lab.ago import ago_loss
-    from r1lab.evaluate import accuracy_row, encode_images
-    from r1lab.train import batch_task_loss
+    from r1lab.engine.evaluate import accuracy_row, encode_images
+    from r1lab.engine.train import batch_task_loss
     bundle, pools, tokens, images, labels, idx, cfg = grad_setup(router)
     model = bundle.model
     model.train()
@@ -150,14 +152,14 @@ def grad_step(router: str):
 
 def grad(out: str) -> int:
     import torch
-    from r1lab import distributed
+    from r1lab.engine import distributed
     distributed.init("cpu", timeout=60)
     res = {router: grad_step(router) for router in ("frozen", "gate")}
     # ties broken at random from each rank's own stream must still agree (rank 0's draw)
-    from r1lab.pool import top_indices
+    from r1lab.routing import top_indices
     torch.manual_seed(100 + distributed.rank())
     v = torch.tensor([5, 3, 3, 3, 3, 0, 3, 3])
-    res["random ties"] = [top_indices(v, 3, "random").tolist() for _ in range(20)]
+    res["random ties"] = [top_indices(v, 3, "random", distributed.COLLECTIVE).tolist() for _ in range(20)]
     torch.save(res, os.path.join(out, f"rank{distributed.rank()}.pt"))
     distributed.shutdown()
     return 0

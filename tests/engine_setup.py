@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from r1lab import DACConfig
-from r1lab.benchmark import Benchmark, Task
+from r1lab.data.stream import Benchmark, Task
 
 CLIP_CFG = dict(embed_dim=32, vision_cfg=dict(image_size=16, patch_size=8, width=32, layers=2, head_width=16),
                 text_cfg=dict(context_length=12, vocab_size=49408, width=32, heads=2, layers=2))
@@ -39,6 +39,6 @@ def fake_benchmark() -> Benchmark:
 
 
 if __name__ == "__main__":
-    from r1lab.run import run_stream
+    from r1lab.engine.run import run_stream
     torch.set_num_threads(1)
     run_stream(fake_benchmark(), random_bundle(), CFG, "dac", sys.argv[1], progress=False)

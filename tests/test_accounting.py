@@ -3,7 +3,6 @@
 import copy
 
 import pytest
-import torch
 
 from r1lab import DACConfig, attach_pools, count_parameters, mib
 

@@ -12,7 +12,7 @@ from open_clip.transformer import Attention
 
 from conftest import BLOCK_TYPES, embeddings, randomize_B, stock_weight
 from r1lab import DACConfig, ExpertPoolLinear, attach_pools
-from r1lab.attach import SplitAttention, SplitCustomAttention
+from r1lab.attention import SplitAttention, SplitCustomAttention
 
 TARGETS = ("q", "k", "v", "o", "c_fc", "c_proj")
 
@@ -209,9 +209,9 @@ def test_attach_undoes_everything_when_a_pool_fails_midway(tiny_models, monkeypa
             if len(made) == 20:
                 raise RuntimeError("out of memory (planted)")
             super().__init__(*a, **k)
-    monkeypatch.setattr(attach_mod, "ExpertPoolLinear", Failing)
     with pytest.raises(RuntimeError, match="planted"):
-        attach_pools(model, DACConfig.tiny().replace(text_route_token="eot"))
+        attach_mod.attach_pools(model, DACConfig.tiny().replace(text_route_token="eot"),
+                                pool_class=Failing)
     assert [(n, type(m)) for n, m in model.named_modules()] == modules
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -2,8 +2,8 @@
 import torch
 from torch.utils.data import Dataset
 
-from r1lab.cache import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, CachedImages, build_cache, cached_test_sets
-from r1lab.benchmark import Benchmark, Task
+from r1lab.engine.testset_cache import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, CachedImages, build_cache, cached_test_sets
+from r1lab.data.stream import Benchmark, Task
 
 MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
 STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)

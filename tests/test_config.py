@@ -6,7 +6,7 @@ import pytest
 
 from r1lab import METHODS, ConfigError, DACConfig, method_config
 from r1lab.config import ORDER2_LR_BY_TASK, ORDER2_LRS, ORDER2_STREAM, ORDER2_TASKS
-from r1lab.datasets import ORDERS
+from r1lab.data.mtil import ORDERS
 
 
 def test_paper_preset_is_methods_numbers():

@@ -15,11 +15,11 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from r1lab.benchmark import dataset_labels, few_shot
-from r1lab.datasets import (CLASSNAMES, DATASETS, ORDERS, TEMPLATES, XTAIL_ORDER, DataRootProblems,
+from r1lab.data.stream import dataset_labels, few_shot
+from r1lab.data.mtil import (CLASSNAMES, DATASETS, ORDERS, TEMPLATES, XTAIL_ORDER, DataRootProblems,
                             DatasetIncomplete, DatasetNotFound, check_root, load_dataset, make_mtil,
                             make_task, make_xtail, mtil_transforms, union_label_space, write_fixtures)
-from r1lab.datasets.mtil import XTAIL_SPLIT_SOURCE
+from r1lab.data.mtil.folders import XTAIL_SPLIT_SOURCE
 
 NAMES = list(DATASETS)
 SMALL = T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor()])   # fast stand-in for CLIP's 224
@@ -211,7 +211,7 @@ def test_real_label_space_sizes():
 
 def test_union_keeps_shared_names_apart():
     """'sunflower' and 'lotus' are classes of both Caltech101 and Flowers: two labels each."""
-    from r1lab.benchmark import Benchmark, Task
+    from r1lab.data.stream import Benchmark, Task
     tasks = [Task(n, CLASSNAMES[n], ["{}"], [], []) for n in ("Caltech101", "Flowers")]
     union = union_label_space(Benchmark("x", tasks, "union"))
     assert len(union.classnames) == 203 and {"sunflower", "lotus"} <= set(union.duplicates)
@@ -344,7 +344,7 @@ def test_few_shot_on_a_fixture(fx):
 # ---- corrupt files: reported by path, never a crash ----------------------------------------
 
 def test_few_shot_indices_are_the_items_few_shot_takes(fx):
-    from r1lab.datasets.checks import few_shot_indices
+    from r1lab.data.mtil.verify import few_shot_indices
     root, counts = fx
     task = make_task("Food", root, SMALL, SMALL, check="classes", expected=counts["Food"])
     picks = few_shot_indices(task.train, 2, 42)

@@ -1,4 +1,4 @@
-"""Tests of r1lab.diagnostics (each section names the notebook that relies on it)."""
+"""Tests of r1lab.analysis.diagnostics (each section names the notebook that relies on it)."""
 
 
 # ---------------------------------------------------------------- routing profiles (03_routing)
@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from engine_setup import fake_benchmark, random_bundle  # noqa: E402
 from r1lab import DACConfig, attach_pools  # noqa: E402
-from r1lab.diagnostics import (counts_by_task, routing_profile, top_share,  # noqa: E402
+from r1lab.analysis.diagnostics import (counts_by_task, routing_profile, top_share,  # noqa: E402
                                top_shares)
 
 _ROUTE_CFG = DACConfig(rank=6, top_k=3, merge_k=2, dropout=0.0)
@@ -98,7 +98,7 @@ def test_counts_by_task_and_top_shares():
 import torch.nn as _nn  # noqa: E402
 
 from r1lab import ExpertPoolLinear, PoolSet  # noqa: E402
-from r1lab.diagnostics import (collision_rate, delta_overlap, mean_overlap,  # noqa: E402
+from r1lab.analysis.diagnostics import (collision_rate, delta_overlap, mean_overlap,  # noqa: E402
                                merged_norms, output_overlap)
 
 
@@ -152,22 +152,3 @@ def test_mean_overlap_before_any_merge_is_empty():
     pools = PoolSet({"visual.transformer.resblocks.0.attn.q": ExpertPoolLinear(_nn.Linear(4, 3), cfg)}, cfg)
     assert mean_overlap(pools).shape == (0, 0)
     assert merged_norms(pools).shape == (0,)
-
-
-# ---------------------------------------------------------------- cmp (every notebook's exercises)
-import numpy as _np  # noqa: E402
-
-from r1lab.diagnostics import cmp  # noqa: E402
-
-
-def test_cmp_prints_exact_approx_maxdiff(capsys):
-    assert cmp("same", torch.tensor([1.0, 2.0]), _np.array([1.0, 2.0]))
-    out = capsys.readouterr().out
-    assert "exact: True" in out and "approx: True" in out and "maxdiff: 0.0e+00" in out
-    assert cmp("close", 0.1 + 0.2, 0.3)
-    assert "exact: False" in capsys.readouterr().out
-    assert not cmp("far", [1.0, 2.0], [1.0, 2.5])
-    assert "maxdiff: 5.0e-01" in capsys.readouterr().out
-    assert cmp("loose", [1.0, 2.0], [1.0, 2.5], atol=0.5)
-    assert not cmp("shape", [1.0, 2.0], [1.0])
-    assert "shape" in capsys.readouterr().out

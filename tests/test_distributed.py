@@ -1,4 +1,4 @@
-"""Data-parallel runs under torchrun (r1lab/distributed.py), on the CPU with gloo.
+"""Data-parallel runs under torchrun (r1lab/engine/distributed.py), on the CPU with gloo.
 
 Two processes on a global batch against one process on the same batch: the same votes,
 counts, merged experts and accuracy matrix; the gradient of a split batch equals the
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from r1lab import distributed
+from r1lab.engine import distributed
 from r1lab.cli import main as cli_main
-from r1lab.run import read_accuracy_csv
+from r1lab.engine.run import read_accuracy_csv
 
 try:
     import torch.distributed as dist
@@ -30,8 +30,8 @@ try:
 except ImportError:  # pragma: no cover
     GLOO = False
 
-pytestmark = pytest.mark.skipif(not GLOO, reason="this torch build has no torch.distributed "
-                                                 "with the gloo backend")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not GLOO, reason="this torch build has no torch.distributed "
+                                                 "with the gloo backend")]
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r1lab.benchmark import few_shot
-from r1lab.run import load_run, read_accuracy_csv, run_stream
-from r1lab.train import contrastive_loss, soft_targets
+from r1lab.data.stream import few_shot
+from r1lab.engine.run import load_run, read_accuracy_csv, run_stream
+from r1lab.engine.train import contrastive_loss, soft_targets
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_setup import CFG, fake_benchmark, random_bundle  # noqa: E402
@@ -167,8 +167,8 @@ def test_learning_rate_follows_the_cosine_over_exactly_the_tasks_iterations(fini
 def test_each_task_reseeds_template_batches_and_fresh_pool(monkeypatch):
     """seed_t = seed + 1000 t (run.py): the fresh pool, the template and the batch order."""
     import random
-    import r1lab.run as run_mod
-    import r1lab.train as train_mod
+    import r1lab.engine.run as run_mod
+    import r1lab.engine.train as train_mod
     from r1lab import attach_pools, method_config
     cfg = CFG.replace(iterations=2)
     seen_A, gen_seeds = [], []

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import BLOCK_TYPES, VITB16, embeddings, randomize_B, stock_weight, tiny_cfg
 from r1lab import (DACConfig, ExpertPoolLinear, attach_pools, detach_pools, merged_state_dict,
                    save_merged)
-from r1lab.attach import SplitAttention, SplitCustomAttention
+from r1lab.attention import SplitAttention, SplitCustomAttention
 
 
 def max_diff(a, b):

@@ -16,17 +16,17 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-import r1lab.run as run_mod
+import r1lab.engine.run as run_mod
 from r1lab import DACConfig, attach_pools, detach_pools
-from r1lab.benchmark import Benchmark, Task
-from r1lab.cache import cached_test_sets
+from r1lab.data.stream import Benchmark, Task
+from r1lab.engine.testset_cache import cached_test_sets
 from r1lab.cli import main
-from r1lab.datasets import DatasetIncomplete, check_root, make_mtil, make_task, write_fixtures
+from r1lab.data.mtil import DatasetIncomplete, check_root, make_mtil, make_task, write_fixtures
 from r1lab.errors import (CheckpointCorrupt, ConfigError, RunDiverged, RunLocked, RunMismatch,
                           RunWriteError)
 from r1lab.pool import ExpertPoolLinear
-from r1lab.run import run_stream, run_warnings
-from r1lab.runfolder import FileLock
+from r1lab.engine.run import run_stream, run_warnings
+from r1lab.engine.runfolder import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_setup import CFG, _task, fake_benchmark, random_bundle  # noqa: E402
@@ -95,17 +95,18 @@ def test_resume_refuses_a_folder_without_its_record(tmp_path):
 
 
 def test_a_record_deleted_during_the_run_is_written_again(tmp_path, monkeypatch):
-    checkpoint = run_mod._checkpoint
+    from r1lab.engine.runfolder import RunFolder
+    checkpoint = RunFolder.checkpoint
 
-    def and_delete(out, *a, **k):
-        checkpoint(out, *a, **k)
+    def and_delete(folder, *a, **k):
+        checkpoint(folder, *a, **k)
         for f in ("identity.json", "config.json"):
-            if (out / f).exists():
-                (out / f).unlink()
-    monkeypatch.setattr(run_mod, "_checkpoint", and_delete)
+            if (folder.out / f).exists():
+                (folder.out / f).unlink()
+    monkeypatch.setattr(RunFolder, "checkpoint", and_delete)
     run(tmp_path, stop_after=2)
     assert (tmp_path / "identity.json").exists() and (tmp_path / "config.json").exists()
-    monkeypatch.setattr(run_mod, "_checkpoint", checkpoint)
+    monkeypatch.setattr(RunFolder, "checkpoint", checkpoint)
     run(tmp_path)                                      # the record was back for the resume
     assert json.loads((tmp_path / "config.json").read_text())["config"]["lr"] == FAST.lr
 
@@ -173,7 +174,7 @@ def test_chance_collapse_is_flagged_in_folder_log_and_summary(tmp_path, monkeypa
 
 
 def test_loss_explosion_is_flagged():
-    from r1lab.train import TaskLog
+    from r1lab.engine.train import TaskLog
     calm = TaskLog("a", "{}", 1e-3, loss=[2.0, 1.5, 1.0, 0.9])
     wild = TaskLog("b", "{}", 1e-3, loss=[2.0, 5.0, 30.0, 40.0])
     A = np.array([[80.0, 10.0], [70.0, 90.0]])

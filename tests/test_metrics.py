@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r1lab import metrics
+from r1lab.engine import metrics
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zscl_mtil"
 ORDER2 = [9, 6, 7, 8, 5, 10, 0, 1, 3, 4, 2]

@@ -1,15 +1,14 @@
 """The bundled tiny CLIP and ``load_clip``: offline, float32, and its card's figures hold."""
 import json
-import os
 
 import open_clip
 import pytest
 import torch
 
-from r1lab.evaluate import evaluate_task, zeroshot_head
-from r1lab.models import TINY_DIR, TINY_ENV, ClipBundle, load_clip
-from r1lab.world import make_world_benchmark
-from r1lab.world import pretrain as P
+from r1lab.engine.evaluate import evaluate_task, zeroshot_head
+from r1lab.engine.models import TINY_DIR, TINY_ENV, ClipBundle, load_clip
+from r1lab.data.world import make_world_benchmark
+from r1lab.engine import pretrain_world as P
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,7 @@ def test_missing_folder_names_path_and_rebuild_command(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError) as e:
         load_clip("tiny", pretrained=str(missing))
-    assert str(missing) in str(e.value) and "python -m r1lab.world.pretrain" in str(e.value)
+    assert str(missing) in str(e.value) and "python -m r1lab.engine.pretrain_world" in str(e.value)
     monkeypatch.setenv(TINY_ENV, str(tmp_path / "from-env"))
     with pytest.raises(FileNotFoundError, match="from-env"):
         load_clip("tiny")

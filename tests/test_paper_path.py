@@ -2,12 +2,12 @@
 loaders on generated fixtures, two tasks, two iterations, through the command line."""
 import json
 
-import pytest
 
 from r1lab.cli import main
-from r1lab.datasets.fixtures import write_fixtures
+from r1lab.data.mtil.fixtures import write_fixtures
 
 
+@pytest.mark.slow
 def test_paper_preset_runs_end_to_end_on_cpu(tmp_path, capsys):
     # EuroSAT and MNIST with all 10 real classes (so the class-count check of real data passes)
     # and one image per class: ViT-B/16 steps on CPU cost seconds per image

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import r1lab.run as run_mod
+import r1lab.engine.run as run_mod
 from r1lab import cached_run, run_stream
-from r1lab.runcache import ENV, default_root, run_folder
+from r1lab.engine.cached_runs import ENV, default_root, run_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_setup import CFG, fake_benchmark, random_bundle  # noqa: E402
@@ -89,7 +89,7 @@ def test_default_root(tmp_path, monkeypatch):
 
 def test_the_folder_changes_with_the_library_code(tmp_path, monkeypatch):
     """Editing r1lab must not reload a result the old code produced."""
-    import r1lab.runcache as rc
+    import r1lab.engine.cached_runs as rc
     b = random_bundle()
     before = run_folder(fake_benchmark(), b, FAST, root=tmp_path)
     assert run_folder(fake_benchmark(), b, FAST, root=tmp_path) == before          # stable

@@ -1,4 +1,4 @@
-"""Sweeps (r1lab/sweep.py): a 2 x 2 grid on the world benchmark through submitit, each point
+"""Sweeps (r1lab/scale/sweep.py): a 2 x 2 grid on the world benchmark through submitit, each point
 an ordinary run folder; finished points are skipped; a failing point fails the sweep by name;
 ``summary`` tables the grid with mean ± std over seeds."""
 import json
@@ -6,12 +6,11 @@ import os
 import re
 
 import pytest
-import torch
 
-import r1lab.sweep as sweep_mod
+import r1lab.scale.sweep as sweep_mod
 from r1lab.cli import main
 from r1lab.errors import ConfigError
-from r1lab.sweep import expand, parse_sets
+from r1lab.scale.sweep import expand, parse_sets
 
 FAST = ["--order", "digits,shapes", "--set", "iterations=2", "--set", "batch_size=8",
         "--set", "shots=2", "--set", "eval_batch_size=256", "--quiet", "--threads", "1"]
@@ -97,6 +96,7 @@ def test_a_failing_point_fails_the_sweep_by_name(tmp_path, capsys):
     assert "unfinished: dac-lr=1e30-seed0" in table
 
 
+@pytest.mark.slow
 def test_local_executor_runs_a_point_as_a_process(tmp_path, capsys):
     """One point through submitit's local executor (a job process; its log under .submitit)."""
     out = tmp_path / "local"

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lab.benchmark import dataset_labels, few_shot
-from r1lab.datasets.mtil import CLASSNAMES, ORDERS, TEMPLATES
-from r1lab.datasets.synthetic import SYNTHETIC_NOTE, make_mtil_synthetic, model_input_size, real_counts
-from r1lab.experiment import make_benchmark
-from r1lab.identity import stream_name
+from r1lab.data.stream import dataset_labels, few_shot
+from r1lab.data.mtil.folders import CLASSNAMES, ORDERS, TEMPLATES
+from r1lab.data.mtil.synthetic import SYNTHETIC_NOTE, make_mtil_synthetic, real_counts
+from r1lab.engine.models import model_input_size
+from r1lab.engine.comparison import make_benchmark
+from r1lab.engine.identity import stream_name
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,15 +57,15 @@ def test_images_are_deterministic_normalised_and_lazy():
     assert not torch.equal(x, a["DTD"].train[7][0])
     assert not torch.equal(x, a["MNIST"].test[7][0])
     # uint8 pixels behind CLIP normalisation: the test-set cache stores them losslessly
-    from r1lab.cache import _to_uint8
-    from r1lab.datasets.mtil import CLIP_MEAN, CLIP_STD
+    from r1lab.engine.testset_cache import _to_uint8
+    from r1lab.data.mtil.folders import CLIP_MEAN, CLIP_STD
     assert _to_uint8(x[None], torch.tensor(CLIP_MEAN).view(1, 3, 1, 1),
                      torch.tensor(CLIP_STD).view(1, 3, 1, 1)) is not None
     assert a["DTD"].test[-1][1] == (len(a["DTD"].test) - 1) % 47
     with pytest.raises(IndexError):
         a["DTD"].test[len(a["DTD"].test)]
     # the cache fingerprint tells seeds and sizes apart
-    from r1lab.cache import fingerprint
+    from r1lab.engine.testset_cache import fingerprint
     assert fingerprint(a["DTD"].test) == fingerprint(b["DTD"].test) != fingerprint(c["DTD"].test)
 
 

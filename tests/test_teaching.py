@@ -9,7 +9,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from r1lab import diagram, exercises, notebook, plots  # noqa: E402
+from r1lab import plots  # noqa: E402
+from r1lab.teach import diagram
+from r1lab.teach import exercises
+from r1lab.teach import notebook
 
 
 def test_check_tells_right_from_wrong_and_never_raises(capsys):
@@ -81,7 +84,7 @@ def test_confusion_counts_match_accuracy(tiny_clip_and_world):
     import r1lab
     bundle, bench = tiny_clip_and_world
     task = bench["colours"]
-    M = r1lab.diagnostics.confusion(bundle.model, bundle.tokenizer, task)
+    M = r1lab.analysis.diagnostics.confusion(bundle.model, bundle.tokenizer, task)
     assert M.shape == (task.num_classes, task.num_classes) and int(M.sum()) == len(task.test)
     acc = r1lab.zeroshot_table(bundle.model, bundle.tokenizer, bench.reordered(["colours"]))["colours"]
     assert abs(100 * M.trace().item() / M.sum().item() - acc) < 1e-6

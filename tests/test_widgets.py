@@ -1,4 +1,4 @@
-"""r1lab.widgets: views draw and print, reject bad values in one line; factories bound their
+"""r1lab.teach.widgets: views draw and print, reject bad values in one line; factories bound their
 controls and carry a static picture; ``interact`` stores no repr."""
 import sys
 from pathlib import Path
@@ -11,8 +11,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_setup import fake_benchmark, random_bundle  # noqa: E402
 from r1lab import DACConfig, attach_pools  # noqa: E402
-from r1lab.diagnostics import routing_profile  # noqa: E402
-from r1lab.widgets import heatmap_view, interact  # noqa: E402
+from r1lab.analysis.diagnostics import routing_profile  # noqa: E402
+from r1lab.teach.widgets import heatmap_view, interact  # noqa: E402
 
 
 def _profile():
@@ -68,7 +68,7 @@ def _grid_result():
 
 
 def test_sweep_view_reads_the_grid(capsys):
-    from r1lab.widgets import sweep_view
+    from r1lab.teach.widgets import sweep_view
     runs = {(0.1, 4): _grid_result()}
     fig = sweep_view(runs, 0.1, 4)
     out = capsys.readouterr().out
@@ -81,7 +81,7 @@ def test_sweep_view_reads_the_grid(capsys):
 
 
 def test_examples_grid_has_a_row_per_task_and_a_title_per_class():
-    from r1lab import plots
+    from r1lab.teach import plots
     bm = fake_benchmark()
     fig = plots.examples(bm, n=4)
     axes = fig.axes
@@ -100,7 +100,7 @@ def _one_line(capsys):
 
 
 def test_views_reject_bad_values_in_one_line(capsys):
-    from r1lab.widgets import decomposition_view, sweep_view
+    from r1lab.teach.widgets import decomposition_view, sweep_view
     assert decomposition_view(rank=5, k=9) is None
     assert "k is at most the rank r = 5" in _one_line(capsys)
     assert decomposition_view(rank=12, k=0) is None
@@ -122,14 +122,14 @@ def test_views_reject_bad_values_in_one_line(capsys):
 
 
 def test_sweep_view_rounds_the_threshold(capsys):
-    from r1lab.widgets import sweep_view
+    from r1lab.teach.widgets import sweep_view
     sweep_view({(0.1, 4): _grid_result()}, 0.1, 4, threshold=0.1 + 0.2 + 0.1)   # 0.4000000000000001
     assert "(|cos| > 0.40)" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- factories
 def test_decomposition_widget_links_k_to_rank_and_keeps_a_picture():
-    from r1lab.widgets import EXPECT, WIDGET_MIME, decomposition_widget
+    from r1lab.teach.widgets import EXPECT, WIDGET_MIME, decomposition_widget
     p = decomposition_widget(show=False)
     assert list(p.controls) == ["rank", "k"] == list(EXPECT["decomposition"])   # no d, no seed
     rank, k = p.controls["rank"], p.controls["k"]
@@ -154,13 +154,13 @@ def test_decomposition_widget_links_k_to_rank_and_keeps_a_picture():
 
 
 def test_decomposition_widget_rejects_bad_defaults(capsys):
-    from r1lab.widgets import decomposition_widget
+    from r1lab.teach.widgets import decomposition_widget
     assert decomposition_widget(rank=4, k=6, show=False) is None
     assert "k = 6" in _one_line(capsys)
 
 
 def test_routing_widget_controls_are_the_profiles_own(capsys):
-    from r1lab.widgets import EXPECT, routing_widget
+    from r1lab.teach.widgets import EXPECT, routing_widget
     prof = _profile()                               # 2 blocks per tower, rank 6, pools' own k = 3
     p = routing_widget(prof, show=False)
     assert list(p.controls) == list(EXPECT["routing"])
@@ -182,7 +182,7 @@ def test_routing_widget_controls_are_the_profiles_own(capsys):
 
 
 def test_sweep_widget_offers_the_grids_values():
-    from r1lab.widgets import EXPECT, sweep_widget
+    from r1lab.teach.widgets import EXPECT, sweep_widget
     runs = {(0.1, 4): _grid_result(), (0.0, 4): _grid_result(), (0.1, 8): _grid_result()}
     p = sweep_widget(runs, threshold=0.4, show=False)
     assert list(p.controls) == list(EXPECT["sweep"])
@@ -200,7 +200,7 @@ def test_sweep_widget_offers_the_grids_values():
 def test_expect_matches_what_the_views_print():
     """Every EXPECT pattern, filled with the default value as its control shows it, is in the
     default readout (the browser test relies on this)."""
-    from r1lab.widgets import EXPECT, decomposition_widget, routing_widget, sweep_widget
+    from r1lab.teach.widgets import EXPECT, decomposition_widget, routing_widget, sweep_widget
     panels = {"decomposition": decomposition_widget(show=False),
               "routing": routing_widget(_profile(), show=False),
               "sweep": sweep_widget({(0.1, 4): _grid_result()}, show=False)}

@@ -7,12 +7,12 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.tokenizer import SimpleTokenizer
 
-from r1lab.benchmark import Benchmark, Task, dataset_labels, few_shot
-from r1lab.world import DEFAULT_ORDER, DOMAINS, make_world_benchmark, make_world_task, to_images
-from r1lab.world import benchmark as wb
-from r1lab.world import captions as C
-from r1lab.world import domains as D
-from r1lab.world import render as R
+from r1lab.data.stream import Benchmark, Task, dataset_labels, few_shot
+from r1lab.data.world import DEFAULT_ORDER, DOMAINS, make_world_benchmark, make_world_task, to_images
+from r1lab.data.world import stream as wb
+from r1lab.data.world import captions as C
+from r1lab.data.world import domains as D
+from r1lab.data.world import render as R
 
 SMALL = dict(n_train_per_class=3, n_test_per_class=4)
 

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from r1lab.widgets import EXPECT
+from r1lab.teach.widgets import EXPECT
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = Path(os.environ.get("R1LAB_BROWSER_NOTEBOOKS") or ROOT / "notebooks").resolve()

@@ -9,7 +9,7 @@ For each notebook with slider cells (tagged ``widget``; lab_browser.widget_cells
    Space on a toggle button), by typing into a slider's readout (a value in range, then one far
    out of range, which must clamp) and, for toggle buttons of more than two, by a click; after
    each move the
-   printed readout must say what ``r1lab.widgets.EXPECT`` says for the value the control now
+   printed readout must say what ``r1lab.teach.widgets.EXPECT`` says for the value the control now
    shows, and the figure must be redrawn (except for controls that only change the readout);
 4. the browser console may hold no error but the Colab badge image, which cannot load offline.
 
