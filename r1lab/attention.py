@@ -97,17 +97,7 @@ class SplitAttention(nn.Module):
     @torch.no_grad()
     def restore(self) -> nn.MultiheadAttention:
         """The original module with the current (merged) q/k/v/o weights written into it."""
-        # the stashed original is not a submodule, so model.to(...) after attaching did not
-        # move it: give it the current weights' device and dtype before copying them in
-        w = _base(self.q).weight
-        mha = getattr(self, ORIGINAL).to(device=w.device, dtype=w.dtype)
-        mha.in_proj_weight.copy_(torch.cat([_base(self.q).weight, _base(self.k).weight, _base(self.v).weight]))
-        if mha.in_proj_bias is not None:
-            mha.in_proj_bias.copy_(torch.cat([_base(self.q).bias, _base(self.k).bias, _base(self.v).bias]))
-        mha.out_proj.weight.copy_(_base(self.o).weight)
-        if mha.out_proj.bias is not None:
-            mha.out_proj.bias.copy_(_base(self.o).bias)
-        return mha
+        return _write_back(self)
 
 
 class SplitCustomAttention(nn.Module):
@@ -152,12 +142,21 @@ class SplitCustomAttention(nn.Module):
 
     @torch.no_grad()
     def restore(self) -> Attention:
-        w = _base(self.q).weight
-        att = getattr(self, ORIGINAL).to(device=w.device, dtype=w.dtype)  # see SplitAttention.restore
-        att.in_proj_weight.copy_(torch.cat([_base(self.q).weight, _base(self.k).weight, _base(self.v).weight]))
-        if att.in_proj_bias is not None:
-            att.in_proj_bias.copy_(torch.cat([_base(self.q).bias, _base(self.k).bias, _base(self.v).bias]))
-        att.out_proj.weight.copy_(_base(self.o).weight)
-        if att.out_proj.bias is not None:
-            att.out_proj.bias.copy_(_base(self.o).bias)
-        return att
+        return _write_back(self)
+
+
+@torch.no_grad()
+def _write_back(split: nn.Module) -> nn.Module:
+    """The module a split attention replaced, with its current (merged) q/k/v/o weights written
+    into the fused ``in_proj`` and ``out_proj``. The stashed original is not a submodule, so
+    ``model.to(...)`` after attaching did not move it: it first gets the weights' device and
+    dtype."""
+    q, k, v, o = (_base(m) for m in (split.q, split.k, split.v, split.o))
+    orig = getattr(split, ORIGINAL).to(device=q.weight.device, dtype=q.weight.dtype)
+    orig.in_proj_weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+    if orig.in_proj_bias is not None:
+        orig.in_proj_bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
+    orig.out_proj.weight.copy_(o.weight)
+    if orig.out_proj.bias is not None:
+        orig.out_proj.bias.copy_(o.bias)
+    return orig

@@ -101,6 +101,7 @@ def test_stop_and_resume_gives_the_same_matrix(finished_run, tmp_path):
     assert np.array_equal(rest.accuracy, res.accuracy)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_matrix(finished_run, tmp_path):
     """Kill a real process with SIGKILL right after its first checkpoint, then resume."""
     _, res = finished_run

@@ -127,6 +127,7 @@ def test_save_merged_reads_back_with_open_clip_tiny(tiny_models, tiny_images, ti
     assert max_diff(embeddings(fresh, tiny_images, tiny_texts), want) < 1e-5
 
 
+@pytest.mark.slow
 def test_save_merged_reads_back_with_open_clip_vitb16(vitb16, vitb16_paper, tokenizer, tmp_path):
     """The paper preset's export has exactly stock ViT-B/16's keys and loads with
     ``open_clip.create_model(name, pretrained=path)``. (Nothing is merged in this shared,

@@ -1,5 +1,6 @@
 """The paper preset's exact code path on CPU: CLIP ViT-B/16 (random weights), the MTIL
 loaders on generated fixtures, two tasks, two iterations, through the command line."""
+import pytest
 import json
 
 

@@ -12,6 +12,8 @@ from r1lab.cli import main
 from r1lab.errors import ConfigError
 from r1lab.scale.sweep import expand, parse_sets
 
+pytestmark = pytest.mark.slow      # submitit jobs: the slow lane
+
 FAST = ["--order", "digits,shapes", "--set", "iterations=2", "--set", "batch_size=8",
         "--set", "shots=2", "--set", "eval_batch_size=256", "--quiet", "--threads", "1"]
 GRID = ["sweep", "--methods", "dac", "lora", "--seeds", "0", "1", *FAST]
@@ -96,7 +98,6 @@ def test_a_failing_point_fails_the_sweep_by_name(tmp_path, capsys):
     assert "unfinished: dac-lr=1e30-seed0" in table
 
 
-@pytest.mark.slow
 def test_local_executor_runs_a_point_as_a_process(tmp_path, capsys):
     """One point through submitit's local executor (a job process; its log under .submitit)."""
     out = tmp_path / "local"
