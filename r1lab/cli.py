@@ -29,6 +29,7 @@ from r1lab.methods import METHODS
 
 def cmd_compare(args) -> int:
     from r1lab.engine.comparison import compare
+    _check_flags(args)
     cfg = config_from_args(args)
     comp = compare(args.methods, args.seeds, benchmark_from_args(args), cfg, args.model, args.pretrained,
                    args.out, args.device, not args.quiet, resume=not args.no_resume,
@@ -46,7 +47,14 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _check_flags(args) -> None:
+    if getattr(args, "overwrite", False) and not getattr(args, "no_resume", False):
+        raise ConfigError("--overwrite applies with --no-resume only (it moves the old run aside "
+                          "before starting over); add --no-resume, or drop --overwrite to resume")
+
+
 def cmd_run(args) -> int:
+    _check_flags(args)
     from r1lab.engine import distributed
     from r1lab.engine.metrics import format_table
     from r1lab.engine.models import load_clip
@@ -205,6 +213,13 @@ def main(argv=None) -> int:
             raise ConfigError(f"only `run` is data-parallel; start `{args.cmd}` without torchrun "
                               f"(WORLD_SIZE is {distributed.launched_world_size()})")
         return args.func(args)
+    except KeyboardInterrupt:
+        if distributed.is_main():
+            out = getattr(args, "out", None)
+            print("r1lab: interrupted" + (f"; {out} keeps every finished task: run the same "
+                                          f"command again to resume" if out else ""),
+                  file=sys.stderr)
+        return 130
     except R1labError as e:        # includes the dataset errors (r1lab.data.mtil.checks)
         # under torchrun an error that every process raises alike is printed once, by rank 0
         alike = getattr(e, "r1lab_every_rank", False)

@@ -165,11 +165,15 @@ class DACConfig:
             unknown = [t for t in v if t not in allowed]
             if unknown or not v:
                 bad(f"unknown {name} {unknown or '(empty)'}; choose from {allowed}")
+            if len(set(v)) != len(v):
+                bad(f"{name} names {sorted({t for t in v if v.count(t) > 1})} twice: each gets one pool")
             put(name, v)
         if self.blocks is not None:
             blocks = _as_tuple(self.blocks)
             if blocks is None or any((not _is_int(b)) or b < 0 for b in blocks):
                 bad(f"blocks must be non-negative block indices, got {self.blocks}")
+            if len(set(blocks)) != len(blocks):
+                bad(f"blocks names a block twice, got {self.blocks}")
             put("blocks", tuple(int(b) for b in blocks))
         for name, tp in _hints(type(self)).items():    # the switches
             if typing.get_origin(tp) is Literal and getattr(self, name) not in typing.get_args(tp):

@@ -33,7 +33,11 @@ class RunLocked(R1labError, RuntimeError):
 
 
 class RunUnfinished(R1labError, FileNotFoundError):
-    """A run folder has no metrics.json yet."""
+    """A run folder holds no finished run (no completion record yet)."""
+
+
+class RunDamaged(R1labError, ValueError):
+    """A final file of a run folder does not match its completion record."""
 
 
 class RunWriteError(R1labError, OSError):

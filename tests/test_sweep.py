@@ -107,3 +107,26 @@ def test_local_executor_runs_a_point_as_a_process(tmp_path, capsys):
     d = out / "dac-seed0"
     assert (d / "metrics.json").exists() and (d / "identity.json").exists()
     assert list((out / ".submitit").glob("*_log.out"))
+
+
+def test_a_sweep_with_other_data_refuses_the_folder_instead_of_reporting_old_numbers(swept, capsys):
+    """Issue 17, defect 2: the points' folders hold runs of digits,shapes; a sweep over
+    digits,counting into the same folder names the difference and runs nothing."""
+    before = (swept / "sweep.json").read_text()
+    other = [a.replace("digits,shapes", "digits,counting") for a in GRID]
+    assert main([*other, "--out", str(swept), "--cluster", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert "r1lab: error:" in err and "differs in" in err and "tasks" in err
+    assert (swept / "sweep.json").read_text() == before        # never claims other arguments
+
+
+def test_the_sweep_summary_shows_each_points_warnings(tmp_path, capsys, monkeypatch):
+    """Issue 17, defect 7: a point's warning (here a planted one) reaches the sweep's table."""
+    import r1lab.engine.run as run_mod
+    monkeypatch.setattr(run_mod, "run_warnings", lambda *a, **k: ["planted warning"])
+    out = tmp_path / "grid"
+    grid = ["sweep", "--methods", "dac", "--seeds", "0", *FAST]
+    assert main([*grid, "--out", str(out), "--cluster", "debug"]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(out)]) == 0
+    assert "warning (dac-seed0): planted warning" in capsys.readouterr().out

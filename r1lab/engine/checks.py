@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
+from r1lab.attach import plan_pools
 from r1lab.config import DACConfig
 from r1lab.data.stream import Benchmark
 from r1lab.engine import distributed
@@ -36,6 +37,10 @@ def preflight(benchmark: Benchmark, bundle, cfg: DACConfig, trains: bool = True,
     if trains:
         cfg.check_stream(benchmark.task_names, stream_name(benchmark))
         distributed.check_batch(cfg.batch_size)
+        try:                                  # blocks / towers / targets the model has
+            plan_pools(bundle.model, cfg)
+        except ValueError as e:
+            raise ConfigError(str(e).strip().splitlines()[0]) from None
     side = model_image_size(bundle.model)
     if side is None:
         return

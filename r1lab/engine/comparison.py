@@ -114,16 +114,19 @@ def grid_table(folder) -> str:
     """Finished run folders of a sweep, grouped by everything but the seed: mean +- std over
     seeds per grid cell (one seed shows no spread): ``Comparison.table`` over the cells."""
     groups: Dict[str, list] = {}
-    unfinished = []
+    unfinished, warned = [], []
     for d in sorted(p for p in Path(folder).iterdir()          # not .submitit, not runs moved
                     if p.is_dir() and not p.name.startswith(".") and ".old-" not in p.name):
         if not is_finished(d):
             if (d / "config.json").exists():
                 unfinished.append(d.name)
             continue
-        groups.setdefault(_cell_key(d), []).append(load_run(d))
+        res = load_run(d)
+        groups.setdefault(_cell_key(d), []).append(res)
+        warned += [f"warning ({d.name}): {w}" for w in res.warnings]
     width = max([14] + [len(k) + 2 for k in groups])
     rows = [Comparison(groups).table(label="point", width=width)] if groups else []
     if unfinished:
         rows.append(f"unfinished: {', '.join(unfinished)}")
+    rows += warned
     return "\n".join(rows)

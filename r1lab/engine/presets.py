@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from r1lab.config import DACConfig
 from r1lab.data.stream import Benchmark
-from r1lab.errors import ConfigError
+from r1lab.errors import ConfigError, R1labError
 from r1lab.methods import METHODS
 
 BENCHMARKS = ("world", "mtil", "xtail", "mtil-synthetic")
@@ -145,8 +145,36 @@ def benchmark_from_args(args) -> Benchmark:
     elif args.label_space or args.eval_split != "test":
         raise ConfigError(f"--label-space and --eval-split apply to the world benchmark only "
                           f"(mtil has the task label space, xtail the union one)")
-    names = [n.strip() for n in args.tasks.split(",")] if args.tasks else None
-    return make_benchmark(args.benchmark, data_root=args.data_root, order=args.order, names=names, **kw)
+    names = None if args.tasks is None else parse_tasks(args.tasks)
+    if args.benchmark in ("mtil", "xtail") and not args.data_root:
+        raise ConfigError(f"the {args.benchmark} benchmark reads local dataset folders: pass "
+                          f"--data-root FOLDER (data/README.md shows the expected layout)")
+    if args.benchmark == "mtil" and args.order not in (None, "I", "II", "1", "2"):
+        raise ConfigError(f"--order {args.order}: MTIL has orders I and II")
+    try:
+        return make_benchmark(args.benchmark, data_root=args.data_root, order=args.order,
+                              names=names, **kw)
+    except R1labError:
+        raise
+    except (ValueError, KeyError) as e:      # an unknown task or domain, a bad order
+        raise ConfigError(_first_line(e)) from None
+
+
+def parse_tasks(text: str) -> list:
+    """--tasks "a,b": the task names, refusing an empty list and repeated names."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--tasks {text!r} names no task: give comma-separated task names "
+                          f"(e.g. --tasks digits,shapes), or leave --tasks out for the whole stream")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--tasks names {', '.join(twice)} twice: a stream trains each task once")
+    return names
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:

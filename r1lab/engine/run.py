@@ -52,7 +52,7 @@ from r1lab.engine.result import RunResult, chance_levels, run_warnings
 from r1lab.engine.runfolder import RunFolder, load_run, read_accuracy_csv  # noqa: F401 (API)
 from r1lab.engine.testset_cache import cached_test_sets
 from r1lab.engine.train import TaskLog, task_seed, train_task
-from r1lab.errors import RunDiverged
+from r1lab.errors import RunDamaged, RunDiverged
 from r1lab.methods import get_method
 
 PathLike = Union[str, Path, None]
@@ -139,13 +139,23 @@ class _StreamRun:
         return RunFolder(self.out, identity, record, protocol).open(o.resume, o.overwrite)
 
     def read_folder(self):
-        """(finished tasks' checkpoints, metrics.json if finished, zero-shot row if stored)."""
+        """(finished tasks' checkpoints, metrics.json if finished, zero-shot row if stored).
+        Final files that do not match the completion record are rebuilt from the checkpoints;
+        without all of them, ``RunDamaged`` names the file."""
         f, o = self.folder, self.opts
         if f is None or not o.resume:
             return [], None, None
         want_zs = o.zeroshot_row or not self.method.trains
-        return (f.read_checkpoints(len(self.benchmark.tasks), o.fallback), f.finished(),
-                f.read_zeroshot() if want_zs else None)
+        T = len(self.benchmark.tasks)
+        done, finished = f.read_checkpoints(T, o.fallback), f.finished()
+        damaged = f.damaged() if finished is None else []
+        if damaged and self.method.trains and len(done) < T:
+            raise RunDamaged(f"{'; '.join(damaged)}, and the checkpoints to rebuild it are missing "
+                             f"({len(done)} of {T}). Restore the file, or start the run over "
+                             f"with --no-resume --overwrite (python: resume=False, overwrite=True)")
+        if damaged:
+            report.warn(f"{'; '.join(damaged)}: writing the final files again from the checkpoints")
+        return done, finished, f.read_zeroshot() if want_zs else None
 
     def test_sets(self, needed: bool):
         """The preprocessed test sets, built on first use by rank 0 while the others wait."""
@@ -181,14 +191,17 @@ class _StreamRun:
         model.to(self.device)
         distributed.broadcast_model(model)      # every process starts from rank 0's weights
 
-        # a finished folder is reloaded without evaluating anything (but a missing zero-shot row)
+        # a finished folder is reloaded without evaluating anything (but a missing zero-shot
+        # row, which is then added to its results); an unfinished one whose tasks all have
+        # checkpoints only has its final files written again
         reload = finished is not None and (not method.trains or start == T)
         need_zs = (self.opts.zeroshot_row or not method.trains) and zs is None
-        test_sets = self.test_sets(needed=need_zs or not reload)
+        test_sets = self.test_sets(needed=need_zs or (method.trains and start < T))
         if need_zs:
             zs = self.evaluate(test_sets)
             if self.folder is not None:
                 self.folder.write_zeroshot(zs)
+                finished = None if reload else finished
         if not method.trains:
             A = np.tile(np.asarray(zs), (T, 1))
             return self.conclude(RunResult(
@@ -204,13 +217,15 @@ class _StreamRun:
         counts = [c["counts"] for c in done]
         merged = [c["merged"] for c in done]
         logs = [TaskLog(**c["log"]) for c in done]
-        elapsed = 0.0
+        elapsed = 0.0         # wall time of the run so far, over every process and resume
         if done:
             pools.load_adapter_state(done[-1]["adapter"], replay_merges=True)
             elapsed = float(done[-1].get("elapsed", sum(log.seconds for log in logs)))
             done[-1]["adapter"] = None
             if start < T:
                 report.say(f"resuming {self.out} after task {start}/{T} ({names[start - 1]})")
+            elif finished is None:
+                report.say(f"{self.out}: every task has its checkpoint; writing the final files")
 
         for t in range(start, T):
             task = bench.tasks[t]
@@ -232,9 +247,9 @@ class _StreamRun:
             rows.append(row)
             before.append(b)
             logs.append(log)
+            now = elapsed + time.time() - self.t_start
             if self.folder is not None:
-                self.folder.checkpoint(t, pools, row, b, counts[-1], merged[-1], log,
-                                       elapsed + time.time() - self.t_start)
+                self.folder.checkpoint(t, pools, row, b, counts[-1], merged[-1], log, now)
             bm = "" if b is None else f" (before merge {b:.1f})"
             report.say(f"{self.name} task {t + 1}/{T} {task.name}: own {row[t]:.1f}{bm}, "
                        f"mean {np.mean(row):.1f}, {log.seconds:.0f} s")
@@ -244,10 +259,12 @@ class _StreamRun:
         A = np.full((T, T), np.nan)
         A[:len(rows)] = np.asarray(rows)
         complete = len(rows) == T
+        # seconds: as the last checkpoint says, so that final files rebuilt from checkpoints
+        # equal those of an uninterrupted run
         res = RunResult(method=self.name, task_names=names, accuracy=A,
                         metrics=summarize(A) if complete else None, before_merge=before,
                         counts=counts, merged=merged, logs=logs,
-                        seconds=elapsed + time.time() - self.t_start, out_dir=self.out,
+                        seconds=now if start < len(rows) else elapsed, out_dir=self.out,
                         zeroshot=zs, pools=pools)
         if not complete:
             return res

@@ -11,6 +11,10 @@
     counts.pt        per task, per pool: the activation counts and merged experts
     losses.csv       per step: task, step, loss, task loss, AGO, lr
     zeroshot.json    the untrained model's row, when it was measured
+    complete.json    written last: each final file above (accuracy.csv, metrics.json, counts.pt,
+                     losses.csv) with its size and SHA-256. A folder is finished only when this
+                     record exists and every file matches it; otherwise its final files are
+                     rebuilt from the checkpoints, or the damaged file is named (``RunDamaged``).
 
     lock       ``<out>/.lock``, an exclusive ``fcntl.flock`` held for the whole run; a second
                process gets ``RunLocked`` at once (naming the holder's pid), never a mix
@@ -29,14 +33,16 @@ that supports flock, cannot both write one folder.
 """
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
+import os
 import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import csv
 
 import numpy as np
 import torch
@@ -47,13 +53,15 @@ from r1lab.engine.identity import differences
 from r1lab.engine.metrics import summarize
 from r1lab.engine.result import RunResult
 from r1lab.engine.train import TaskLog
-from r1lab.errors import CheckpointCorrupt, RunMismatch, RunUnfinished
+from r1lab.errors import CheckpointCorrupt, ConfigError, RunDamaged, RunMismatch, RunUnfinished
 
 LOCK = ".lock"
 RECORD = "identity.json"
 KEEP = (LOCK, "cache")                 # never moved aside: the lock itself, the test-set cache
-RESULTS = ("config.json", "protocol.json", RECORD, "checkpoints", "metrics.json",
-           "accuracy.csv", "counts.pt", "losses.csv", "zeroshot.json")
+COMPLETE = "complete.json"             # the completion record, written last
+FINAL = ("accuracy.csv", "metrics.json", "counts.pt", "losses.csv")
+RESULTS = ("config.json", "protocol.json", RECORD, "checkpoints", *FINAL, "zeroshot.json", COMPLETE)
+FORMAT = 2                             # metrics.json of r1lab with completion records
 FLAGS = ("use another --out folder, or start over there with --no-resume --overwrite "
          "(python: resume=False, overwrite=True), which moves the old run aside")
 
@@ -68,8 +76,83 @@ def holds_run(out: Path) -> bool:
 
 
 def is_finished(out) -> bool:
-    """True when the folder ``out`` holds the results of a finished run (metrics.json)."""
-    return (Path(out) / "metrics.json").is_file()
+    """True when the folder ``out`` holds the results of a finished run: a completion record
+    that every final file matches, or (folders of r1lab before completion records) a
+    metrics.json of the old format."""
+    return not completion_problems(Path(out))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def completion_problems(out: Path) -> List[str]:
+    """Why ``out`` is not a finished run folder (empty: it is). Reads every final file once."""
+    out = Path(out)
+    record = out / COMPLETE
+    if not record.is_file():
+        legacy = _legacy_metrics(out)
+        if legacy:
+            return []
+        return [f"{out} has no {COMPLETE}: the run did not finish"]
+    try:
+        files = json.loads(record.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{record} is unreadable ({type(e).__name__})"]
+    problems = []
+    for name, want in files.items():
+        f = out / name
+        if not f.is_file():
+            problems.append(f"{f} is missing")
+        elif f.stat().st_size != want["bytes"] or sha256_file(f) != want["sha256"]:
+            problems.append(f"{f} does not match {COMPLETE} (damaged or edited)")
+    return problems
+
+
+def _legacy_metrics(out: Path) -> bool:
+    """A metrics.json written before completion records existed (no "format" field)."""
+    try:
+        m = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and "seconds" in m and "format" not in m
+
+
+_MADE = ("accuracy.csv", "metrics.json", "counts.pt", "losses.csv", "complete.json",
+         "zeroshot.json", "config.json", "protocol.json", RECORD)
+
+
+def _is_temporary(name: str) -> bool:
+    """``.<file>.<8 random characters>``: the naming of ``atomic_write``'s temporary files."""
+    if not name.startswith("."):
+        return False
+    stem, _, suffix = name[1:].rpartition(".")
+    base = stem
+    return len(suffix) == 8 and (base in _MADE or (base.startswith("task_") and base.endswith(".pt")))
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that cannot hold a run folder, before anything is created: a regular
+    file, a name too long for the file system (also for its ``.old-<time>`` name)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose a folder path")
+    longest = len(out.name) + len(".old-20260101-000000-99")
+    try:
+        limit = os.pathconf(next(p for p in [out, *out.parents] if p.exists()), "PC_NAME_MAX")
+    except (OSError, StopIteration, ValueError):
+        limit = 255
+    if longest > limit:
+        raise ConfigError(f"--out {out}: the folder name is {len(out.name)} characters; with "
+                          f"'.old-<time>' it must fit the file system's {limit}: choose a shorter name")
+
+
+def holds_results(out: Path) -> bool:
+    """True when ``out`` holds checkpoints or final files (more than a run's record)."""
+    return has_checkpoints(out) or any((out / f).exists() for f in (*FINAL, COMPLETE, "zeroshot.json"))
 
 
 def has_checkpoints(out: Path) -> bool:
@@ -103,16 +186,36 @@ class RunFolder:
         self.moved_to: Optional[Path] = None
 
     def open(self, resume: bool, overwrite: bool = False) -> "RunFolder":
-        """Lock the folder, then check (resume) or clear (overwrite) what it holds."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire()
+        """Lock the folder, then check (resume) or clear (overwrite) what it holds, and remove
+        the temporary files of writes that were killed."""
+        check_out(self.out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except OSError as e:
+            raise ConfigError(f"--out {self.out}: cannot create or lock it ({e.strerror or e}); "
+                              f"choose a folder you can write") from None
         try:
             self._check(resume, overwrite)
             self.write_record()
+            self.remove_litter()
         except BaseException:
             self.lock.release()
             raise
         return self
+
+    def remove_litter(self) -> List[Path]:
+        """Delete the temporary files that ``atomic_write`` leaves when its process is killed
+        (``.<name>.<random>`` beside a run file or checkpoint); only under the folder's lock."""
+        gone = []
+        for folder in (self.out, self.out / "checkpoints"):
+            if not folder.is_dir():
+                continue
+            for f in folder.iterdir():
+                if f.is_file() and _is_temporary(f.name):
+                    f.unlink()
+                    gone.append(f)
+        return gone
 
     def close(self) -> None:
         self.lock.release()
@@ -121,6 +224,8 @@ class RunFolder:
         out = self.out
         if not holds_run(out):
             return
+        if not resume and not holds_results(out):
+            return        # only the record of a failed start: nothing to keep or move aside
         if not resume:
             if not overwrite:
                 raise RunMismatch(f"{out} holds a run and resume is off: r1lab will not write a new "
@@ -143,6 +248,8 @@ class RunFolder:
             raise RunMismatch(f"{record} is unreadable ({e}); r1lab cannot tell what {out} holds; "
                               + FLAGS) from None
         refuse, warn = differences(old, self.identity)
+        if refuse and not holds_results(out):
+            return        # a failed start left only its record: the corrected run replaces it
         if refuse:
             raise RunMismatch(f"{out} holds a run with another configuration; it differs in:\n  "
                               + "\n  ".join(refuse) + f"\nr1lab will not mix two runs in one folder: "
@@ -214,12 +321,15 @@ class RunFolder:
 
     # ------------------------------------------------------------------ results
     def finished(self) -> Optional[Dict]:
-        """metrics.json of a finished folder (None when absent or unreadable: then it is redone)."""
-        try:
-            m = json.loads((self.out / "metrics.json").read_text())
-            return m if isinstance(m, dict) and "seconds" in m else None
-        except (OSError, ValueError):
+        """metrics.json of a finished folder (see ``completion_problems``); None otherwise,
+        and then the final files are rebuilt from the checkpoints."""
+        if completion_problems(self.out):
             return None
+        return json.loads((self.out / "metrics.json").read_text())
+
+    def damaged(self) -> List[str]:
+        """The final files that exist but do not match the completion record."""
+        return [p for p in completion_problems(self.out) if "does not match" in p or "is missing" in p]
 
     def read_zeroshot(self) -> Optional[List[float]]:
         f = self.out / "zeroshot.json"
@@ -229,11 +339,15 @@ class RunFolder:
         write_json(self.out / "zeroshot.json", dict(row=row))
 
     def write_results(self, res: RunResult) -> None:
-        """accuracy.csv, metrics.json, counts.pt and losses.csv of a finished run."""
+        """The final files of a finished run, each atomically, then the completion record that
+        names them (until it exists, the folder is not finished)."""
         out = self.out
+        if (out / COMPLETE).exists():
+            (out / COMPLETE).unlink()
         write_accuracy_csv(out / "accuracy.csv", res.task_names, res.accuracy)
         write_json(out / "metrics.json", dict(
-            method=res.method, **res.metrics.as_dict(), per_dataset=res.table(),
+            format=FORMAT, method=res.method, **res.metrics.as_dict(), per_dataset=res.table(),
+            accuracy=[[float(v) for v in row] for row in res.accuracy],
             before_merge=res.before_merge, after_merge=res.after_merge,
             zeroshot=res.zeroshot, seconds=res.seconds, warnings=res.warnings))
         if res.counts and res.counts[0]:
@@ -249,6 +363,10 @@ class RunFolder:
                         wr.writerow([log.task, s, f"{l:.6f}", f"{lt:.6f}", f"{la:.6f}", f"{lr:.6g}"])
         if res.logs:
             atomic_write(out / "losses.csv", w)
+        written = [n for n in FINAL if (out / n).is_file()]
+        write_json(out / COMPLETE, dict(files={n: dict(bytes=(out / n).stat().st_size,
+                                                       sha256=sha256_file(out / n))
+                                               for n in written}))
 
 
 def write_accuracy_csv(path: Path, names: List[str], A: np.ndarray) -> None:
@@ -273,11 +391,17 @@ def load_run(out_dir) -> RunResult:
     """Read a finished run folder back into a ``RunResult`` (no model, no live pools; to get
     those, resume the folder with ``run_stream`` or use ``cached_run``)."""
     out = Path(out_dir)
-    if not is_finished(out):
-        raise RunUnfinished(f"{out} has no metrics.json: the run is unfinished (resume it with "
-                            f"`python -m r1lab run ... --out {out}`) or the path is wrong")
+    problems = completion_problems(out)
+    if problems and not (out / COMPLETE).exists():
+        raise RunUnfinished(f"{out} holds no finished run: {problems[0]} (resume it with the "
+                            f"command that started it, or check the path)")
+    if problems:
+        raise RunDamaged(f"{out}: {'; '.join(problems)}. Run the same command again: the "
+                         f"final files are rebuilt from the checkpoints")
     m = json.loads((out / "metrics.json").read_text())
     names, A = read_accuracy_csv(out / "accuracy.csv")
+    if "accuracy" in m:                       # full precision (the CSV is rounded to 4 decimals)
+        A = np.asarray(m["accuracy"], dtype=float)
     cp = out / "counts.pt"
     c = (torch.load(cp, weights_only=False) if cp.exists()
          else dict(counts=[{}] * len(names), merged=[{}] * len(names)))

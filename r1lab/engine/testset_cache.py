@@ -16,7 +16,10 @@ Concurrency: each test set is built under its own lock (``<task>.npy.lock``, a b
 first, the array last, so an existing ``<task>.npy`` always has its metadata beside it. A
 second process that wants the same cache waits for the first and then reads its result;
 two processes never write one file. The metadata records a fingerprint of the test set
-(length, transform, files, split indices): a cache built from other data is rebuilt.
+(length, transform, files, split indices) and the SHA-256 of the array's bytes: a cache built
+from other data, or whose bytes changed since, is rebuilt (saying so). Temporary files of a
+killed build (``.<task>.npy.<random>.tmp``) are removed the next time the cache is opened,
+under that test set's lock.
 """
 from __future__ import annotations
 
@@ -116,7 +119,8 @@ def _build(ds: Dataset, path: Path, batch_size: int, num_workers: int, desc: str
         if path.exists():
             path.unlink()                               # a stale array never meets new metadata
         meta = dict(mode=mode, labels=labels, mean=list(OPENAI_DATASET_MEAN),
-                    std=list(OPENAI_DATASET_STD), fingerprint=fingerprint(ds))
+                    std=list(OPENAI_DATASET_STD), fingerprint=fingerprint(ds),
+                    sha256=_sha256(Path(tmp)))
         write_json(Path(str(path) + ".json"), meta)     # metadata first, the array last
         os.replace(tmp, path)
     finally:
@@ -153,12 +157,25 @@ def _ready(path: Path, ds: Dataset) -> Optional[CachedImages]:
     if not (path.exists() and meta.exists()):
         return None
     try:
-        if json.loads(meta.read_text()).get("fingerprint") != fingerprint(ds):
+        record = json.loads(meta.read_text())
+        if record.get("fingerprint") != fingerprint(ds):
+            return None
+        if record.get("sha256") != _sha256(path):
+            report.warn(f"the test-set cache {path} does not match its checksum (damaged, or "
+                        f"written by an older r1lab): building it again")
             return None
         cached = CachedImages(path)
     except (OSError, ValueError):
         return None
     return cached if len(cached) == len(ds) else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 23), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def cached_test_sets(benchmark: Benchmark, cache_dir, batch_size: int = 256,
@@ -173,10 +190,13 @@ def cached_test_sets(benchmark: Benchmark, cache_dir, batch_size: int = 256,
             continue
         path = Path(cache_dir) / f"{task.name}.npy"
         ds = _ready(path, task.test)
-        if ds is None:
+        litter = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+        if ds is None or litter:
             path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(Path(str(path) + ".lock"), blocking=True):
-                ds = _ready(path, task.test)          # another process may have built it
+                for f in path.parent.glob(f".{path.name}.*.tmp"):   # a killed build's, never
+                    f.unlink()                                       # a live one: we hold the lock
+                ds = ds or _ready(path, task.test)    # another process may have built it
                 if ds is None:
                     ds = _build(task.test, path, batch_size, num_workers, f"cache {task.name}")
         out.append(ds)

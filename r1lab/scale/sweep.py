@@ -33,9 +33,9 @@ from r1lab.errors import ConfigError
 from r1lab.engine import report as report_
 from r1lab.engine.atomic import write_json
 from r1lab.engine.comparison import grid_table, is_sweep  # noqa: F401 (the summary of a sweep folder)
-from r1lab.engine.identity import jsonable
-from r1lab.engine.presets import config_from_args, parse_run_argv
-from r1lab.engine.runfolder import is_finished
+from r1lab.engine.identity import differences, run_identity
+from r1lab.engine.presets import benchmark_from_args, config_from_args, parse_run_argv
+from r1lab.engine.runfolder import holds_results, is_finished
 from r1lab.methods import method_config
 
 CLUSTERS = ("local", "slurm", "debug")
@@ -145,15 +145,36 @@ def _run_point_caught(runner: Callable[[List[str]], int], argv: List[str], threa
         return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
 
 
-def finished(folder: Path, method: str, config: dict) -> bool:
-    """True when ``folder`` holds a finished run (metrics.json) of this method and resolved
-    configuration. Anything else is dispatched: the run resumes it, or refuses a mismatch."""
+def point_identity(args, method: str, cache: dict) -> dict:
+    """The identity record (r1lab/engine/identity.py) of the run a point's arguments describe:
+    benchmark, task list, label space, model and its weights, configuration, method, seed. The
+    benchmark and model are built once per sweep for every point that shares them."""
+    from r1lab.engine.models import load_clip
+    bkey = ("benchmark", args.benchmark, args.data_root, args.order, args.tasks, args.label_space,
+            args.eval_split, args.test_scale, args.check, args.model, args.pretrained)
+    if bkey not in cache:
+        cache[bkey] = benchmark_from_args(args)
+    mkey = ("model", args.model, args.pretrained)
+    if mkey not in cache:
+        cache[mkey] = load_clip(args.model, args.pretrained)
+    cfg = method_config(method, config_from_args(args))
+    return run_identity(cache[bkey], cache[mkey], cfg, method, args.device, args.bf16)
+
+
+def finished(folder: Path, identity: dict) -> bool:
+    """True when ``folder`` holds a finished run (its completion record verified) of exactly
+    this identity. Raises ``ConfigError`` naming the differences when it holds results of
+    another run (another task list, label space, model, configuration, ...)."""
     try:
-        rec = json.loads((folder / "config.json").read_text())
-        return (is_finished(folder) and rec.get("method") == method
-                and jsonable(rec.get("config")) == jsonable(config))
+        old = json.loads((folder / "identity.json").read_text())
     except (OSError, ValueError):
         return False
+    refuse, _ = differences(old, identity)
+    if refuse and holds_results(folder):
+        raise ConfigError(f"{folder} holds a run of other arguments than this sweep's point; it "
+                          f"differs in: {'; '.join(refuse[:6])}. Use another --out for this sweep "
+                          f"(or move that folder away): a sweep never reports another run's numbers")
+    return not refuse and is_finished(folder)
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -186,12 +207,13 @@ def run_sweep(points: Sequence[Point], out, common: Sequence[str] = (), fixed: S
         raise ConfigError(f"--cluster must be one of {CLUSTERS}, got {cluster!r}")
     out = Path(out)
     report = SweepReport(list(points))
-    todo = []
+    todo, built = [], {}
     for p in points:
         argv = point_argv(p, out, common, fixed)
         args = parse_run_argv(argv)
-        cfg = method_config(p.method, config_from_args(args))   # refuses a bad setting now
-        if finished(out / p.name, p.method, cfg.to_dict()):
+        method_config(p.method, config_from_args(args))         # refuses a bad setting now
+        if (out / p.name / "identity.json").exists() and finished(
+                out / p.name, point_identity(args, p.method, built)):
             report.skipped.append(p)
         else:
             todo.append((p, argv))
