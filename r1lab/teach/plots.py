@@ -9,6 +9,7 @@ import numpy as np
 import seaborn as sns
 
 from r1lab.poolset import PoolAddress
+from r1lab.teach.diagram import method_diagram  # noqa: F401  (the method picture, for notebooks)
 
 
 def _ax(ax, size=(5, 4)):
