@@ -76,6 +76,16 @@ def main_job(folder: Path) -> dict:
     return dict(kind="main_job", runs=runs)
 
 
+def dump(record: dict) -> str:
+    """The record as JSON text with one line per run (small diffs when a golden changes)."""
+    runs = {k: v for k, v in record.items() if k == "runs"}["runs"]
+    head = ",".join(f"{json.dumps(k)}:{json.dumps(v, sort_keys=True)}"
+                    for k, v in sorted(record.items()) if k != "runs")
+    body = ",\n".join(f"{json.dumps(k)}:{json.dumps(v, sort_keys=True, separators=(',', ':'))}"
+                       for k, v in sorted(runs.items()))
+    return "{" + head + ',"runs":{\n' + body + "\n}}\n"
+
+
 def compare_records(want: dict, got: dict) -> list:
     """Paths at which two records differ (empty: identical)."""
     diffs = []
@@ -105,7 +115,7 @@ def main(argv=None) -> int:
     got = main_job(a.main_job) if a.main_job else short_runs(tasks=a.tasks, iterations=a.iterations)
     if a.action == "record":
         a.file.parent.mkdir(parents=True, exist_ok=True)
-        a.file.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        a.file.write_text(dump(got))
         print(f"recorded {len(got['runs'])} runs in {a.file}")
         return 0
     diffs = compare_records(json.loads(a.file.read_text()), got)

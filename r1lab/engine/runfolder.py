@@ -308,7 +308,7 @@ class RunFolder:
                 for later in range(t, n):
                     bad = ck / f"task_{later:02d}.pt"
                     bad.rename(bad.with_name(bad.name + ".corrupt"))
-                for stale in ("metrics.json", "accuracy.csv", "counts.pt", "losses.csv"):
+                for stale in (COMPLETE, *FINAL):           # the record first
                     if (out / stale).exists():
                         (out / stale).unlink()
                 report.say(f"{path} is corrupt ({why}); resuming after task {t} "
