@@ -13,6 +13,7 @@ raises ``RunWriteError`` naming the file and the free space on its disk.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -124,3 +125,12 @@ class FileLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def sha256_file(path) -> str:
+    """SHA-256 of a file's bytes, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 23), b""):
+            h.update(block)
+    return h.hexdigest()

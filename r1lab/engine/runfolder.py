@@ -34,7 +34,6 @@ that supports flock, cannot both write one folder.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 
 from r1lab.engine import report
-from r1lab.engine.atomic import FileLock, atomic_write, write_json, write_torch
+from r1lab.engine.atomic import FileLock, atomic_write, sha256_file, write_json, write_torch
 from r1lab.engine.identity import differences
 from r1lab.engine.metrics import summarize
 from r1lab.engine.result import RunResult
@@ -80,14 +79,6 @@ def is_finished(out) -> bool:
     that every final file matches, or (folders of r1lab before completion records) a
     metrics.json of the old format."""
     return not completion_problems(Path(out))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def completion_problems(out: Path) -> List[str]:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from r1lab.data.stream import Benchmark
 from r1lab.engine import report
-from r1lab.engine.atomic import FILE_MODE, FileLock, write_json
+from r1lab.engine.atomic import FILE_MODE, FileLock, sha256_file, write_json
 
 try:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -120,7 +120,7 @@ def _build(ds: Dataset, path: Path, batch_size: int, num_workers: int, desc: str
             path.unlink()                               # a stale array never meets new metadata
         meta = dict(mode=mode, labels=labels, mean=list(OPENAI_DATASET_MEAN),
                     std=list(OPENAI_DATASET_STD), fingerprint=fingerprint(ds),
-                    sha256=_sha256(Path(tmp)))
+                    sha256=sha256_file(Path(tmp)))
         write_json(Path(str(path) + ".json"), meta)     # metadata first, the array last
         os.replace(tmp, path)
     finally:
@@ -160,7 +160,7 @@ def _ready(path: Path, ds: Dataset) -> Optional[CachedImages]:
         record = json.loads(meta.read_text())
         if record.get("fingerprint") != fingerprint(ds):
             return None
-        if record.get("sha256") != _sha256(path):
+        if record.get("sha256") != sha256_file(path):
             report.warn(f"the test-set cache {path} does not match its checksum (damaged, or "
                         f"written by an older r1lab): building it again")
             return None
@@ -168,14 +168,6 @@ def _ready(path: Path, ds: Dataset) -> Optional[CachedImages]:
     except (OSError, ValueError):
         return None
     return cached if len(cached) == len(ds) else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 23), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cached_test_sets(benchmark: Benchmark, cache_dir, batch_size: int = 256,
