@@ -113,8 +113,7 @@ def _legacy_metrics(out: Path) -> bool:
     return isinstance(m, dict) and "seconds" in m and "format" not in m
 
 
-_MADE = ("accuracy.csv", "metrics.json", "counts.pt", "losses.csv", "complete.json",
-         "zeroshot.json", "config.json", "protocol.json", RECORD)
+_MADE = (*FINAL, COMPLETE, "zeroshot.json", "config.json", "protocol.json", RECORD)
 
 
 def _is_temporary(name: str) -> bool:
