@@ -195,6 +195,11 @@ def detach_pools(model: nn.Module) -> nn.Module:
     current task are dropped. Returns the same model, now plain open_clip."""
     if not getattr(model, "_r1lab_pools", None):
         return model
+    kept = [n for n, m in model.named_modules() if isinstance(m, ExpertPoolLinear) and not m.mergeable]
+    if kept:
+        raise ValueError(f"{len(kept)} pools keep their layers at inference ({type(model.get_submodule(kept[0])).__name__} "
+                         f"at {kept[0]}, ...): they cannot be folded into a plain open_clip model; "
+                         f"save the model with its pools instead (torch.save(model.state_dict(), path))")
     for module in model.modules():
         for key, fn in list(module._forward_pre_hooks.items()):
             if getattr(fn, "_r1lab", False):

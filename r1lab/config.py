@@ -59,6 +59,11 @@ ORDER2_LRS = (2e-3, 2e-3, 1e-3, 2e-3, 2e-3, 2e-3, 3e-3, 2e-3, 2e-3, 1e-3, 3e-3)
 ORDER2_LR_BY_TASK: Dict[str, float] = dict(zip(ORDER2_TASKS, ORDER2_LRS))
 ORDER2_STREAM = "MTIL Order II"
 
+# the fields of the LoRA-family section: a method's run identity holds only those it reads
+# (``Method.reads``), so that adding a method leaves the identity of every other run as it was
+FAMILY_FIELDS = ("olora_weight", "inflora_threshold", "moe_experts", "moe_balance", "moe_delta",
+                 "codyra_sparsity", "codyra_init")
+
 INT_MINIMUM = {"seed": 0}   # every other int field is a count: at least 1
 
 
@@ -87,6 +92,15 @@ class DACConfig:
     # --- variants beyond the paper (docs/method.md sec. 13); defaults = DAC ----------------------
     consolidate: float = 0.0      # last share of each task's steps training only the top-m
     merge_rule: MergeRule = "topm"    # "topm": fold the top-m experts; "svd": the rank-m truncation
+
+    # --- the LoRA family (docs/method.md sec. 14): read only by those methods -----------------
+    olora_weight: float = 0.5     # O-LoRA: lambda_1 on sum |A_past A^T| (the paper's value)
+    inflora_threshold: float = 0.95  # InfLoRA: share of input energy the kept basis M holds
+    moe_experts: int = 4          # LoRAMoE: experts per layer, each of rank rank / moe_experts
+    moe_balance: float = 0.01     # LoRAMoE: beta, weight of the localized balancing loss
+    moe_delta: float = 0.1        # LoRAMoE: delta, imbalance between the two expert groups
+    codyra_sparsity: float = 0.5  # CoDyRA: soft threshold of a step as a share of its lr
+    codyra_init: float = 0.05     # CoDyRA: importance weights of a fresh pool
 
     # --- training (docs/method.md sec. 8-9) ----------------------------------------------------
     lr: float = 2e-3              # AdamW peak learning rate
@@ -144,6 +158,14 @@ class DACConfig:
         if not 0.0 <= self.consolidate < 1.0:
             bad(f"consolidate (the share of each task's steps that trains only the top-m experts) "
                 f"must be in [0, 1), got {self.consolidate}")
+        for name in ("olora_weight", "moe_balance", "codyra_sparsity", "codyra_init"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.inflora_threshold <= 1.0:
+            bad(f"inflora_threshold (the share of input energy InfLoRA's basis keeps) must be in "
+                f"(0, 1], got {self.inflora_threshold}")
+        if not 0.0 <= self.moe_delta < 1.0:
+            bad(f"moe_delta must be in [0, 1), got {self.moe_delta}")
         if self.ago_weight < 0:
             bad(f"ago_weight (lambda) must be >= 0, got {self.ago_weight}")
         if self.lr <= 0 or self.lr_min < 0 or self.weight_decay < 0:

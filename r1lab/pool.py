@@ -109,6 +109,8 @@ class ExpertPoolLinear(nn.Module):
         self.collective = LOCAL
         self.reset()
 
+    mergeable = True   # what a task learns is folded into W0 (False: the layer stays, LoRAMoE)
+
     @classmethod
     def check_config(cls, cfg: DACConfig) -> None:
         """The paper's layer has a frozen router and one vote per batch; a configuration that

@@ -80,7 +80,7 @@ def badge(url: str, name: str) -> str:
 
 def notebooks(names=None):
     if names:
-        return [Path(n) if Path(n).exists() else NB_DIR / n for n in names]
+        return [(Path(n) if Path(n).exists() else NB_DIR / n).resolve() for n in names]
     return sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 

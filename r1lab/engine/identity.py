@@ -1,7 +1,8 @@
 """A run's identity: everything that determines its numbers, recorded in ``identity.json``.
 
     compared (a difference refuses a resume)
-        method, the resolved DACConfig (none for "zeroshot"), evaluation precision,
+        method, the resolved DACConfig (none for "zeroshot"; of the LoRA-family fields only
+        those the method reads), evaluation precision,
         benchmark name, label space and task list in order, its protocol record,
         per task: class count and names (hashed), templates, train / test sizes, split record,
         model name, input size and a content hash of the starting weights
@@ -26,7 +27,7 @@ import torch
 
 from r1lab._version import __version__
 from r1lab.data.stream import Benchmark
-from r1lab.config import DACConfig
+from r1lab.config import FAMILY_FIELDS, DACConfig
 from r1lab.engine import distributed
 
 FORMAT = 1
@@ -89,6 +90,14 @@ def _split(d: Dict) -> Tuple[Dict, Dict]:
     return what, where
 
 
+def settings(cfg: DACConfig, method: str) -> Dict:
+    """``cfg.to_dict()`` without the LoRA-family fields that ``method`` does not read
+    (config.FAMILY_FIELDS, ``Method.reads``): they do not change its numbers."""
+    from r1lab.methods import get_method
+    reads = get_method(method).reads
+    return {k: v for k, v in cfg.to_dict().items() if k not in FAMILY_FIELDS or k in reads}
+
+
 def run_identity(benchmark: Benchmark, bundle, cfg: DACConfig, method: str, device="cpu",
                  eval_bf16: bool = False) -> Dict:
     """The identity record of a run (``cfg`` is the method's resolved configuration).
@@ -105,7 +114,7 @@ def run_identity(benchmark: Benchmark, bundle, cfg: DACConfig, method: str, devi
     return jsonable(dict(
         format=FORMAT, method=method, eval=dict(bf16=bool(eval_bf16)),
         # zero-shot numbers depend on no training setting
-        config=None if method == "zeroshot" else cfg.to_dict(),
+        config=None if method == "zeroshot" else settings(cfg, method),
         benchmark=dict(name=benchmark.name, label_space=benchmark.label_space,
                        tasks=benchmark.task_names, protocol=proto_what, data=data),
         model=dict(name=getattr(bundle, "name", type(model).__name__),

@@ -242,7 +242,7 @@ class _StreamRun:
             b = self.evaluate(test_sets, only=[t])[0] if cfg.eval_before_merge else None
             counts.append(pools.counts())
             merged.append({k: v.cpu() for k, v in method.end_task(pools).items()})
-            with pools.disabled():   # the fresh pools have B = 0: the model is its merged weights
+            with method.evaluation(pools):   # merged weights only, unless the method keeps its layers
                 row = self.evaluate(test_sets)
             rows.append(row)
             before.append(b)

@@ -9,6 +9,7 @@ method at five named points; a method overrides only those where it differs from
     penalty_weight(cfg)                 and its weight: L = L_task + weight * term
     before_step / after_step            before the forward, after the optimiser step
     end_task(pools) -> merged experts   at the end of each task (merge, keep what is needed)
+    evaluation(pools)                   how the model is evaluated after end_task (a context)
 
 ``trains = False`` (zero-shot) skips training and merging: the loop only evaluates.
 Methods that score test images their own way will add a sixth point, ``score``.
@@ -19,6 +20,8 @@ A method is one class in one file of ``r1lab/methods/``, registered by name with
 from __future__ import annotations
 
 from typing import Dict, Optional
+
+import contextlib
 
 import torch
 
@@ -34,6 +37,8 @@ class Method:
     name: str = ""          # the registry key (``--method NAME``)
     summary: str = ""       # one line for tables and ``--help``
     trains: bool = True     # False: nothing is trained or merged (zero-shot)
+    merges: bool = True     # False: the layers stay in the model at inference (not plain CLIP)
+    reads: tuple = ()       # the LoRA-family config fields it reads (config.FAMILY_FIELDS)
 
     def configure(self, cfg: DACConfig) -> DACConfig:
         """The configuration this method runs: ``cfg`` with the method's own settings."""
@@ -62,6 +67,12 @@ class Method:
     def end_task(self, pools: PoolSet) -> Dict[str, torch.Tensor]:
         """Merge what the task learned into the model; returns {pool name: merged experts}."""
         return pools.end_task()
+
+    def evaluation(self, pools: PoolSet) -> contextlib.AbstractContextManager:
+        """The context the model is evaluated in after ``end_task``. A merging method's fresh
+        pools have B = 0, so the model is its merged weights: the pools are switched off. A
+        method that keeps its layers at inference (``merges = False``) evaluates through them."""
+        return pools.disabled() if self.merges else contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"<method {self.name!r}: {self.summary}>"
