@@ -4,6 +4,8 @@ none of them.
     python scripts/record_numbers.py record tests/golden/methods.json          # short runs
     python scripts/record_numbers.py check  tests/golden/methods.json
     python scripts/record_numbers.py record tests/golden/main_job.json --main-job
+    python scripts/record_numbers.py record tests/golden/methods-2x6.json --tasks 2 \
+        --iterations 6 --methods o-lora codyra      # add new methods, keep the recorded ones
 
 Short runs: every registered method on the first ``--tasks`` domains of the generated world,
 ``--iterations`` steps per task, seed 0, the bundled tiny CLIP, on one CPU thread. The main
@@ -47,7 +49,10 @@ def fingerprint(res, model=None) -> dict:
     )
     if model is not None:
         import r1lab
-        state = r1lab.merged_state_dict(model)
+        from r1lab.pool import ExpertPoolLinear
+        folds = all(m.mergeable for m in model.modules() if isinstance(m, ExpertPoolLinear))
+        # the merged weights; a method that keeps its layers (LoRAMoE): the weights with them
+        state = r1lab.merged_state_dict(model) if folds else model.state_dict()
         out["weights"] = hashlib.sha256("".join(
             f"{k}:{digest(v)}" for k, v in sorted(state.items())).encode()).hexdigest()
     return out
@@ -111,14 +116,25 @@ def main(argv=None) -> int:
                    help="read the main job's run folders (python -m r1lab compare's --out)")
     p.add_argument("--tasks", type=int, default=3)
     p.add_argument("--iterations", type=int, default=12)
+    p.add_argument("--methods", nargs="+", help="short runs of these methods only; `record` adds "
+                   "them to the file and keeps every run already recorded there")
     a = p.parse_args(argv)
-    got = main_job(a.main_job) if a.main_job else short_runs(tasks=a.tasks, iterations=a.iterations)
+    got = main_job(a.main_job) if a.main_job else short_runs(a.methods, tasks=a.tasks, iterations=a.iterations)
     if a.action == "record":
+        if a.methods and a.file.exists():
+            old = json.loads(a.file.read_text())
+            if (old["tasks"], old["iterations"]) != (a.tasks, a.iterations):
+                raise SystemExit(f"{a.file} holds {old['tasks']} tasks x {old['iterations']} iterations; "
+                                 f"pass the same --tasks / --iterations")
+            got = dict(old, runs={**old["runs"], **got["runs"]})
         a.file.parent.mkdir(parents=True, exist_ok=True)
         a.file.write_text(dump(got))
         print(f"recorded {len(got['runs'])} runs in {a.file}")
         return 0
-    diffs = compare_records(json.loads(a.file.read_text()), got)
+    want = json.loads(a.file.read_text())
+    if a.methods:
+        want = dict(want, runs={m: want["runs"][m] for m in a.methods})
+    diffs = compare_records(want, got)
     for d in diffs[:40]:
         print(d)
     print("identical" if not diffs else f"{len(diffs)} differences")

@@ -54,7 +54,8 @@ def test_forward_and_merges_of_two_tasks_by_hand():
     # the merged weight is W_orig + alpha * sum_i (final magnitude_i) D_i
     W2 = W_orig + alpha * ((m1 - 0.4) * D1 + 1.3 * D2)
     assert torch.allclose(pool.base.weight.double(), W2, atol=1e-6)
-    assert pool.merged_B.shape == (4, 3 * 3) and pool.dir_B.shape == (4, 2 * 3)
+    assert pool.merged_B.shape == (4, 2 * 3) and pool.dir_B.shape == (4, 2 * 3)   # r columns per task
+    assert pool.delta_record.tolist() == pytest.approx([-0.4])                     # task 2 moved D_1 by -0.4
 
 
 def test_replaying_the_merges_on_the_original_weight_is_bit_exact():

@@ -24,11 +24,11 @@ B_i / ||B_i A_i||_F and A_i (buffers ``dir_B`` (d_out, r t), ``dir_A`` (r t, d_i
 d_out x d_in matrix is formed in the forward: ||B A||_F^2 = sum((B^T B) * (A A^T)) comes from
 two r x r Gram matrices and sum_i delta_i D_i x~ = dir_B (delta_rep * (dir_A x~)).
 
-Every fold is recorded in ``merged_B`` / ``merged_A`` in chunks of r columns,
-(delta_i B_i / ||B_i A_i||_F, A_i) for i < t and then (m_t B_t / ||B_t A_t||_F, A_t), and
-folded from that record, chunk by chunk, as the base layer's replay folds it: a checkpoint
-replayed on the original weights gives the merged weight bit for bit. The record grows by
-r t columns at task t (r T (T + 1) / 2 after T tasks); ``past_B`` stays empty (no AGO).
+The merge record grows linearly: ``merged_B`` / ``merged_A`` hold r columns per task,
+(m_t B_t / ||B_t A_t||_F, A_t), and ``delta_record`` the t - 1 scalars delta_i of task t; the
+replay folds, task by task, (delta_i D_i factors) for i < t and then the task's own columns,
+the same products in the same order as ``end_task``: a checkpoint replayed on the original
+weights gives the merged weight bit for bit. ``past_B`` stays empty (no AGO).
 
 Choices the paper leaves to us (docs/method.md sec. 14):
     * initialisation: m_t = 0, delta_i = 0, A Kaiming-uniform as in every fresh pool and B
@@ -77,6 +77,7 @@ class SDLoRAPool(DensePool):
         d_out, d_in = base.weight.shape
         self.register_buffer("dir_A", self.A.new_zeros(0, d_in))
         self.register_buffer("dir_B", self.A.new_zeros(d_out, 0))
+        self.register_buffer("delta_record", self.A.new_zeros(0))   # every task's deltas, in order
 
     @classmethod
     def check_config(cls, cfg: DACConfig) -> None:
@@ -128,16 +129,17 @@ class SDLoRAPool(DensePool):
 
     @torch.no_grad()
     def end_task(self) -> torch.Tensor:
-        """Record and fold alpha delta_i D_i (i < t) and alpha m_t D_t, keep D_t's factors, a
+        """Fold alpha delta_i D_i (i < t), then alpha m_t D_t; record (m_t B_t / ||B_t A_t||_F,
+        A_t) in the merge factors and the deltas in ``delta_record``; keep D_t's factors; a
         fresh pool. Returns the r merged components of this task."""
-        r, n, start = self.rank, self.directions(), self.merged_B.shape[1]
+        r, n = self.rank, self.directions()
+        for i in range(n):
+            self.fold(self.dir_B[:, i * r:(i + 1) * r] * self.delta[i], self.dir_A[i * r:(i + 1) * r])
         B_t = self.B / self.direction_norm()
-        chunks_B = [self.dir_B[:, i * r:(i + 1) * r] * self.delta[i] for i in range(n)]
-        chunks_A = [self.dir_A[i * r:(i + 1) * r] for i in range(n)]
-        self.merged_B = torch.cat([self.merged_B, *chunks_B, B_t * self.magnitude], dim=1)
-        self.merged_A = torch.cat([self.merged_A, *chunks_A, self.A], dim=0)
-        for c in range(start, self.merged_B.shape[1], r):   # as load_adapter_state replays them
-            self.fold(self.merged_B[:, c:c + r], self.merged_A[c:c + r])
+        self.delta_record = torch.cat([self.delta_record, self.delta.detach().clone()])
+        self.merged_B = torch.cat([self.merged_B, B_t * self.magnitude], dim=1)
+        self.merged_A = torch.cat([self.merged_A, self.A.detach().clone()], dim=0)
+        self.fold(self.merged_B[:, -r:], self.merged_A[-r:])
         self.dir_B = torch.cat([self.dir_B, B_t], dim=1)
         self.dir_A = torch.cat([self.dir_A, self.A.detach()], dim=0)
         self.reset()
@@ -145,13 +147,20 @@ class SDLoRAPool(DensePool):
 
     @torch.no_grad()
     def load_adapter_state(self, state: dict, replay_merges: bool = True) -> None:
-        """As the base layer's (replay in chunks of m = r), with the grown direction buffers and
-        a ``delta`` of the stored size."""
-        for name in ("dir_A", "dir_B"):      # sized here, loaded by the base layer's load
+        """As the base layer's, with the grown buffers (directions, deltas) and a ``delta`` of
+        the stored size; the replay folds task by task exactly what ``end_task`` folded."""
+        for name in ("dir_A", "dir_B", "delta_record"):   # sized here, loaded by the base load
             setattr(self, name, torch.empty_like(state[name], device=self.A.device, dtype=self.A.dtype))
         n = self.directions()
         self.delta = nn.Parameter(self.A.new_zeros(n), requires_grad=n > 0)
-        super().load_adapter_state(state, replay_merges=replay_merges)
+        super().load_adapter_state(state, replay_merges=False)
+        if replay_merges:
+            r, k = self.rank, 0
+            for t in range(self.merged_B.shape[1] // r):
+                for i in range(t):
+                    self.fold(self.dir_B[:, i * r:(i + 1) * r] * self.delta_record[k], self.dir_A[i * r:(i + 1) * r])
+                    k += 1
+                self.fold(self.merged_B[:, t * r:(t + 1) * r], self.merged_A[t * r:(t + 1) * r])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, directions={self.directions()}"

@@ -272,3 +272,85 @@ def goal_map(stats: Dict[str, Dict[str, tuple]], ax=None, title: str = "", refer
     ax.set_ylabel("diagonal: accuracy on the task just learned (%)")
     ax.set_title(title)
     return fig
+
+
+def line_map(stats: Dict[str, Dict[str, tuple]], ax=None, title: str = "", low: str = "dac",
+             high: str = "lora"):
+    """Forgetting (x) against diagonal (y) per method, mean ± std over seeds, with the straight
+    line through ``low`` and ``high`` extended across the plot: a method to the left of the line
+    forgets less than the line predicts for its diagonal ("above the line")."""
+    fig, ax = _ax(ax, (7.5, 5))
+    (fl, dl), (fh, dh) = [(stats[m]["forgetting"][0], stats[m]["diagonal"][0]) for m in (low, high)]
+    slope = (fh - fl) / (dh - dl)                      # forgetting per diagonal point
+    ds = [s["diagonal"][0] for s in stats.values()]
+    y = np.linspace(min(ds) - 2, max(ds) + 2, 2)
+    ax.plot(fl + slope * (y - dl), y, ls="--", color="0.5", lw=1,
+            label=f"{low} - {high} line ({slope:.2f} forgetting per diagonal point)")
+    for i, (m, s) in enumerate(stats.items()):
+        ax.errorbar(s["forgetting"][0], s["diagonal"][0], xerr=s["forgetting"][1], yerr=s["diagonal"][1],
+                    fmt="s" if m in (low, high) else "o", capsize=3, label=m)
+        ax.annotate(m, (s["forgetting"][0], s["diagonal"][0]), textcoords="offset points",
+                    xytext=(6, (4, -13, 12)[i % 3]), fontsize=9)
+    ax.set_ylim(min(ds) - 2, max(ds) + 2)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("forgetting (points, lower is better)")
+    ax.set_ylabel("diagonal: accuracy on the task just learned (%)")
+    ax.set_title(title)
+    return fig
+
+
+STATUS_COLOURS = {"trained": "#f4a259", "frozen": "#d9d9d9", "designed": "#7fb3d5", "kept": "#c39bd3"}
+
+
+def layer_card(card: Dict, ax=None, title: str = ""):
+    """One method's layer as a picture: the frozen path W0 x and the branch x -> A -> B -> (+),
+    each part coloured by what happens to it in a task (trained, frozen, designed, kept from
+    earlier tasks), extra parts below the branch, and what the end of a task does. ``card``:
+    {"A": status, "B": status, "extra": [(label, status), ...], "end": text, "kept": text}."""
+    fig, ax = _ax(ax, (4.2, 3.2))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    ax.axis("off")
+
+    def box(x, y, w, h, label, status):
+        ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=STATUS_COLOURS[status], edgecolor="0.3", lw=1))
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
+
+    ax.annotate("", xy=(8.6, 8.4), xytext=(0.6, 8.4), arrowprops=dict(arrowstyle="->", color="0.4"))
+    box(3.6, 7.7, 2.4, 1.4, "W0", "frozen")
+    ax.annotate("", xy=(2.0, 6.0), xytext=(0.6, 8.2), arrowprops=dict(arrowstyle="->", color="0.4"))
+    box(2.0, 5.3, 1.8, 1.4, "A", card["A"])
+    box(5.0, 5.3, 1.8, 1.4, "B", card["B"])
+    ax.annotate("", xy=(5.0, 6.0), xytext=(3.8, 6.0), arrowprops=dict(arrowstyle="->", color="0.4"))
+    ax.annotate("", xy=(8.6, 8.1), xytext=(6.8, 6.0), arrowprops=dict(arrowstyle="->", color="0.4"))
+    ax.text(0.2, 8.4, "x", va="center", fontsize=10)
+    ax.text(8.8, 8.4, "y", va="center", fontsize=10)
+    for i, (label, status) in enumerate(card.get("extra", [])):
+        box(0.3 + 4.9 * (i % 2), 3.2 - 1.6 * (i // 2), 4.6, 1.3, label, status)
+    ax.text(0.2, 0.2 if len(card.get("extra", [])) > 2 else 1.0, f"end of task: {card['end']}",
+            fontsize=8.5, va="bottom", wrap=True)
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+def layer_cards(cards: Dict[str, Dict], ncols: int = 4, title: str = ""):
+    """``layer_card`` of every method in a grid, with the colour legend in the last panel."""
+    n = len(cards) + 1
+    rows = -(-n // ncols)
+    fig, axes = plt.subplots(rows, ncols, figsize=(4.2 * ncols, 3.4 * rows))
+    axes = np.atleast_1d(axes).ravel()
+    for ax, (m, card) in zip(axes, cards.items()):
+        layer_card(card, ax=ax, title=m)
+    for ax in axes[len(cards):]:
+        ax.axis("off")
+    legend = axes[len(cards)]
+    for i, (status, colour) in enumerate(STATUS_COLOURS.items()):
+        legend.add_patch(plt.Rectangle((0.1, 0.75 - 0.18 * i), 0.12, 0.12, facecolor=colour, edgecolor="0.3",
+                                       transform=legend.transAxes))
+        words = {"trained": "trained in the task", "frozen": "frozen", "designed": "computed, not trained",
+                 "kept": "kept from earlier tasks"}[status]
+        legend.text(0.28, 0.81 - 0.18 * i, words, transform=legend.transAxes, va="center", fontsize=10)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
