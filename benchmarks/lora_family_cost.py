@@ -127,10 +127,13 @@ def measure(steps: int, rounds: int, threads: int) -> dict:
                 without.append(_timed(model, images, tokens, pools.disabled, rounds))
             ratio = statistics.median(with_layers) / statistics.median(without)
             inference = f"CLIP + its layers ({ratio:.2f}x plain CLIP's time)"
+        frozen = r["frozen_names"]
+        if r["cfg"].top_k == r["cfg"].rank:   # every expert always active: the router is never called
+            frozen = {(f"{n} (never called, k = r)" if n.startswith("router.") else n): k for n, k in frozen.items()}
         out[name] = dict(
             trainable=sum(r["train_names"].values()),
             also_trained=", ".join(f"{n} ({k:,})" for n, k in also.items()),
-            frozen=", ".join(f"{n} ({k:,})" for n, k in r["frozen_names"].items()),
+            frozen=", ".join(f"{n} ({k:,})" for n, k in frozen.items()),
             step_ms=1000 * statistics.median(r["steps"]),
             step_ratio=statistics.median(r["steps"]) / lora_step,
             inference=inference, kept_bytes=int(kept))

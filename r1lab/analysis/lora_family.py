@@ -19,7 +19,8 @@ form; ``scripts/lora_family.py`` runs everything in order and writes the tables:
    method's value does not touch another's run.
 3. **Collisions** (``collisions.json``): r1lab's collision rate of notebook 04 (share of
    cross-task pairs of merged B columns with |cos| > 0.1, over all pools) of each run's final
-   merged update, read from its last checkpoint before the checkpoints are dropped.
+   merged update, and the same for the merged A rows (the input side, which O-LoRA and
+   InfLoRA constrain), read from its last checkpoint before the checkpoints are dropped.
 4. **Cost** (``cost.json``, ``benchmarks/lora_family_cost.py``): trainable parameters, step
    time as a ratio to plain LoRA measured side by side, inference after the stream, memory
    kept between tasks.
@@ -109,32 +110,41 @@ def line_residual(stats: Dict[str, Dict[str, tuple]], method: str, low: str = "d
     """Forgetting of ``method`` minus the forgetting the DAC-LoRA line predicts at its diagonal
     (points; < 0: above the line, i.e. less forgetting for the same diagonal)."""
     f, d = (lambda m: stats[m]["forgetting"][0]), (lambda m: stats[m]["diagonal"][0])  # noqa: E731
-    slope = (f(high) - f(low)) / (d(high) - d(low))
-    return f(method) - (f(low) + slope * (d(method) - d(low)))
+    return f(method) - (f(low) + line_slope(stats, low, high) * (d(method) - d(low)))
 
 
 def line_slope(stats: Dict[str, Dict[str, tuple]], low: str = "dac", high: str = "lora") -> float:
-    """Forgetting points paid per diagonal point along the DAC-LoRA line."""
-    return ((stats[high]["forgetting"][0] - stats[low]["forgetting"][0])
-            / (stats[high]["diagonal"][0] - stats[low]["diagonal"][0]))
+    """Forgetting points paid per diagonal point along the DAC-LoRA line (nan when the two
+    diagonals are equal: there is no line)."""
+    gap = stats[high]["diagonal"][0] - stats[low]["diagonal"][0]
+    if gap == 0:
+        return float("nan")
+    return (stats[high]["forgetting"][0] - stats[low]["forgetting"][0]) / gap
 
 
 # ------------------------------------------------------------------ 3. collisions
-def task_columns(method: str, state: Dict[str, torch.Tensor], cfg: Dict) -> Optional[List[torch.Tensor]]:
-    """The merged B columns of one pool, one block per task, from its adapter state; None for
-    a method that merges nothing (LoRAMoE)."""
+def task_columns(method: str, state: Dict[str, torch.Tensor], cfg: Dict,
+                 side: str = "output") -> Optional[List[torch.Tensor]]:
+    """The merged directions of one pool, one block of columns per task, from its adapter
+    state: B columns (``side="output"``, what the update writes) or A rows as columns
+    (``"input"``, what it reads); None for a method that merges nothing (LoRAMoE)."""
+    if side not in ("output", "input"):
+        raise ValueError(f"side must be 'output' or 'input', got {side!r}")
     if method == "loramoe":
         return None
-    if method == "sd-lora":          # the fixed direction of each task (its fold record also
-        cols, size = state["dir_B"], cfg["rank"]     # holds later magnitude changes)
-        return [cols[:, i:i + size] for i in range(0, cols.shape[1], size)]
-    cols = state["merged_B"]
-    if method == "codyra":
-        sizes = state["merged_sizes"].tolist()
-        starts = np.cumsum([0] + sizes[:-1]).tolist()
-        return [cols[:, s:s + n] for s, n in zip(starts, sizes)]
-    size = min(cfg["merge_k"], cfg["rank"])
-    return [cols[:, i:i + size] for i in range(0, cols.shape[1], size)]
+    out = side == "output"
+    if method == "sd-lora":          # the fixed direction of each task
+        cols = state["dir_B"] if out else state["dir_A"].T
+        sizes = [cfg["rank"]] * (cols.shape[1] // cfg["rank"])
+    else:
+        cols = state["merged_B"] if out else state["merged_A"].T
+        if method == "codyra":
+            sizes = state["merged_sizes"].tolist()
+        else:
+            size = min(cfg["merge_k"], cfg["rank"])
+            sizes = [size] * (cols.shape[1] // size)
+    starts = np.cumsum([0] + sizes[:-1]).tolist()
+    return [cols[:, a:a + n] for a, n in zip(starts, sizes)]
 
 
 def collision_rate(blocks_per_pool: Sequence[Sequence[torch.Tensor]], threshold: float = THRESHOLD) -> float:
@@ -154,36 +164,39 @@ def collision_rate(blocks_per_pool: Sequence[Sequence[torch.Tensor]], threshold:
     return hits / max(total, 1)
 
 
-def run_collision_rate(run_dir, threshold: float = THRESHOLD) -> Optional[float]:
+def run_collision_rate(run_dir, threshold: float = THRESHOLD, side: str = "output") -> Optional[float]:
     """The collision rate of a finished run's final merged update, from its last checkpoint
     (None for a method that merges nothing)."""
     run_dir = Path(run_dir)
-    method = json.loads((run_dir / "config.json").read_text())["method"]
-    cfg = json.loads((run_dir / "config.json").read_text())["config"]
+    record = json.loads((run_dir / "config.json").read_text())
     last = sorted((run_dir / "checkpoints").glob("task_*.pt"))
     if not last:
         raise FileNotFoundError(f"{run_dir} has no checkpoints: collisions are read from the last "
                                 f"one, before the checkpoints are dropped")
     adapter = torch.load(last[-1], map_location="cpu", weights_only=False)["adapter"]
-    blocks = [task_columns(method, state, cfg) for state in adapter.values()]
+    blocks = [task_columns(record["method"], state, record["config"], side) for state in adapter.values()]
     if any(b is None for b in blocks):
         return None
     return collision_rate(blocks, threshold)
 
 
 def write_collisions(folder, methods: Sequence[str] = METHODS, seeds: Sequence[int] = SEEDS) -> Dict:
-    """collisions.json of one form: {method: [rate per seed] or None}."""
+    """collisions.json of one form: {side: {method: [rate per seed] or None}} for the output
+    side (B columns, notebook 04's rate) and the input side (A rows)."""
     folder = Path(folder)
     out = {}
-    for m in methods:
-        rates = [run_collision_rate(folder / f"{m}-seed{s}") for s in seeds]
-        out[m] = None if any(r is None for r in rates) else rates
+    for side in ("output", "input"):
+        out[side] = {}
+        for m in methods:
+            rates = [run_collision_rate(folder / f"{m}-seed{s}", side=side) for s in seeds]
+            out[side][m] = None if any(r is None for r in rates) else rates
     (folder / "collisions.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
-def read_collisions(folder) -> Dict[str, Optional[List[float]]]:
-    return json.loads((Path(folder) / "collisions.json").read_text())
+def read_collisions(folder, side: str = "output") -> Dict[str, Optional[List[float]]]:
+    """{method: [collision rate per seed] or None} of one form, output (B) or input (A) side."""
+    return json.loads((Path(folder) / "collisions.json").read_text())[side]
 
 
 # ------------------------------------------------------------------ tables
@@ -191,21 +204,25 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def results_table(comp: Comparison, collisions: Dict[str, Optional[List[float]]]) -> str:
-    """Markdown: mean ± std over seeds of each metric, the collision rate and the position
-    against the DAC-LoRA line, one row per method (zero-shot first)."""
+def results_table(comp: Comparison, output: Dict[str, Optional[List[float]]],
+                  inputs: Dict[str, Optional[List[float]]]) -> str:
+    """Markdown: mean ± std over seeds of each metric, the collision rates of the merged B
+    columns and A rows, and the position against the DAC-LoRA line, one row per method."""
     keys = ("transfer", "average", "last", "diagonal", "forgetting")
     stats = {m: comp.stats(m) for m in comp.runs}
-    rows = ["| method | Transfer | Average | Last | diagonal | forgetting | collisions % | vs DAC-LoRA line |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def rate(c):
+        return "-" if c is None else _pm(100 * np.mean(c), 100 * np.std(c))
+
+    rows = ["| method | Transfer | Average | Last | diagonal | forgetting | collisions B % | collisions A % | vs DAC-LoRA line |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if comp.zeroshot is not None:
         z = comp.zeroshot.metrics.as_dict()
-        rows.append(f"| zero-shot | {z['transfer']:.1f} | {z['average']:.1f} | {z['last']:.1f} | - | - | - | - |")
+        rows.append(f"| zero-shot | {z['transfer']:.1f} | {z['average']:.1f} | {z['last']:.1f} | - | - | - | - | - |")
     for m in comp.runs:
-        c = collisions.get(m)
-        col = "-" if c is None else _pm(100 * np.mean(c), 100 * np.std(c))
         line = "-" if m in ("dac", "lora") else f"{line_residual(stats, m):+.1f}"
-        rows.append(f"| `{m}` | " + " | ".join(_pm(*stats[m][k]) for k in keys) + f" | {col} | {line} |")
+        rows.append(f"| `{m}` | " + " | ".join(_pm(*stats[m][k]) for k in keys)
+                    + f" | {rate(output.get(m))} | {rate(inputs.get(m))} | {line} |")
     return "\n".join(rows)
 
 
@@ -224,15 +241,26 @@ def cost_table(cost: Dict) -> str:
     return "\n".join(rows)
 
 
+def line_position(stats: Dict[str, Dict[str, tuple]], method: str) -> str:
+    """"above" / "below" the DAC-LoRA line when the residual exceeds the method's spread of
+    forgetting over seeds (its std), "on" the line within it."""
+    r, spread = line_residual(stats, method), stats[method]["forgetting"][1]
+    return "on" if abs(r) <= spread else ("above" if r < 0 else "below")
+
+
 def line_summary(comp: Comparison) -> str:
-    """One sentence: the DAC-LoRA line's price and which methods sit above it."""
+    """One sentence: the DAC-LoRA line's price and where each method sits, counting a residual
+    only where it exceeds the method's spread of forgetting over seeds."""
     stats = {m: comp.stats(m) for m in comp.runs}
-    res = {m: line_residual(stats, m) for m in comp.runs if m not in ("dac", "lora")}
-    above = [f"`{m}` ({r:+.1f})" for m, r in sorted(res.items(), key=lambda kv: kv[1]) if r < 0]
-    price = line_slope(stats)
-    return (f"Along the DAC-LoRA line a diagonal point costs {price:.2f} forgetting points; "
-            + (f"above the line (less forgetting than the line at the same diagonal, points): "
-               f"{', '.join(above)}." if above else "no method sits above it."))
+    others = [m for m in comp.runs if m not in ("dac", "lora")]
+    where = {pos: [f"`{m}` ({line_residual(stats, m):+.1f} ± {stats[m]['forgetting'][1]:.1f})"
+                   for m in sorted(others, key=lambda m: line_residual(stats, m)) if line_position(stats, m) == pos]
+             for pos in ("above", "on", "below")}
+    words = {"above": "above the line (less forgetting than the line at the same diagonal, by more than the "
+                      "method's forgetting spread)", "on": "on it within that spread", "below": "below it"}
+    parts = [f"{words[p]}: {', '.join(ms)}" for p, ms in where.items() if ms]
+    return (f"Along the DAC-LoRA line a diagonal point costs {line_slope(stats):.2f} forgetting points. "
+            f"Residual ± forgetting spread, points; " + "; ".join(parts) + ".")
 
 
 def readme_block(root=None) -> str:
@@ -242,12 +270,14 @@ def readme_block(root=None) -> str:
     parts = [f"Seeds {', '.join(map(str, SEEDS))}; the world preset at {ITERATIONS} iterations per "
              f"task (notebook 06's budget); settings chosen on the validation split "
              f"({', '.join(f'{k}={v}' for k, v in settings(root / 'tune').items())}). "
-             f"Mean ± std over seeds; collisions: r1lab's rate of notebook 04 (cross-task pairs "
-             f"of merged B columns with |cos| > {THRESHOLD}); last column: forgetting minus what "
+             f"Mean ± std over seeds; collisions: r1lab's rate of notebook 04, the share of cross-task "
+             f"pairs of merged B columns (what an update writes) with |cos| > {THRESHOLD}, and the same "
+             f"for the merged A rows (what it reads); last column: forgetting minus what "
              f"the DAC-LoRA line predicts at the method's diagonal (< 0: above the line)."]
     for form, title in FORMS.items():
         comp = load_comparison(root / form)
-        parts += [f"**{title}**", results_table(comp, read_collisions(root / form)), line_summary(comp)]
+        parts += [f"**{title}**", results_table(comp, read_collisions(root / form, "output"),
+                                                read_collisions(root / form, "input")), line_summary(comp)]
     parts += ["**Cost** (tiny CLIP on the CPU, `benchmarks/lora_family_cost.py`; step time as a "
               "ratio to plain LoRA, measured side by side)", cost_table(read_cost(root))]
     return "\n\n".join(parts)
@@ -264,14 +294,14 @@ CARDS = {
                                                     ("penalty |A_i A^T|^2", "designed")],
                    end="fold s B A; keep A's rows"),
     "inflora": dict(A="designed", B="trained", extra=[("input basis M", "kept"),
-                                                      ("A = top-r of (I-MM^T)C(I-MM^T)", "designed")],
+                                                      ("A: top-r of P C P", "designed")],
                     end="fold s B A; grow M from the inputs"),
     "sd-lora": dict(A="trained", B="trained", extra=[("new magnitude m_t", "trained"),
                                                      ("earlier magnitudes", "trained"),
                                                      ("earlier directions D_i", "kept")],
                     end="fold m_t D_t and the magnitude changes"),
     "loramoe": dict(A="trained", B="trained", extra=[("gate W_g (per token)", "trained"),
-                                                     ("same experts every task", "kept")],
+                                                     ("experts of earlier tasks", "kept")],
                     end="nothing: the layer stays in CLIP"),
     "codyra": dict(A="trained", B="trained", extra=[("importance w (L1 to 0)", "trained")],
                    end="fold the components with w != 0"),

@@ -312,9 +312,9 @@ def layer_card(card: Dict, ax=None, title: str = ""):
     ax.set_ylim(0, 10)
     ax.axis("off")
 
-    def box(x, y, w, h, label, status):
+    def box(x, y, w, h, label, status, size=9):
         ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=STATUS_COLOURS[status], edgecolor="0.3", lw=1))
-        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=size)
 
     ax.annotate("", xy=(8.6, 8.4), xytext=(0.6, 8.4), arrowprops=dict(arrowstyle="->", color="0.4"))
     box(3.6, 7.7, 2.4, 1.4, "W0", "frozen")
@@ -326,7 +326,7 @@ def layer_card(card: Dict, ax=None, title: str = ""):
     ax.text(0.2, 8.4, "x", va="center", fontsize=10)
     ax.text(8.8, 8.4, "y", va="center", fontsize=10)
     for i, (label, status) in enumerate(card.get("extra", [])):
-        box(0.3 + 4.9 * (i % 2), 3.2 - 1.6 * (i // 2), 4.6, 1.3, label, status)
+        box(0.3 + 4.9 * (i % 2), 3.2 - 1.6 * (i // 2), 4.6, 1.3, label, status, size=8.5)
     ax.text(0.2, 0.2 if len(card.get("extra", [])) > 2 else 1.0, f"end of task: {card['end']}",
             fontsize=8.5, va="bottom", wrap=True)
     ax.set_title(title, fontsize=11)
