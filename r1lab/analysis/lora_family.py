@@ -39,8 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from r1lab.analysis import variants_study
 from r1lab.engine.comparison import Comparison
-from r1lab.engine.runfolder import is_finished, load_run
+from r1lab.engine.runfolder import is_finished
 from r1lab.methods import LORA_FAMILY
 
 FORMS = {"mtil": "MTIL form (each task in its own label space)",
@@ -93,16 +94,14 @@ def settings(folder) -> Dict[str, str]:
 
 # ------------------------------------------------------------------ 2. the comparison
 def complete(folder, methods: Sequence[str] = METHODS, seeds: Sequence[int] = SEEDS) -> bool:
-    """True when every ``<method>-seed<seed>`` run and the zero-shot row are finished in it."""
-    folder = Path(folder)
-    need = [folder / "zeroshot"] + [folder / f"{m}-seed{s}" for m in methods for s in seeds]
-    return all(is_finished(d) and (d / "accuracy.csv").exists() for d in need)
+    """True when every ``<method>-seed<seed>`` run and the zero-shot row are finished in it
+    (the folders of ``compare``, read as notebook 06's study reads them)."""
+    return variants_study.complete(folder, methods, seeds)
 
 
 def load_comparison(folder, methods: Sequence[str] = METHODS, seeds: Sequence[int] = SEEDS) -> Comparison:
-    folder = Path(folder)
-    zs = load_run(folder / "zeroshot") if is_finished(folder / "zeroshot") else None
-    return Comparison({m: [load_run(folder / f"{m}-seed{s}") for s in seeds] for m in methods}, zs)
+    """A ``Comparison`` read from the run folders of one ``compare`` command."""
+    return variants_study.load_comparison(folder, methods, seeds)
 
 
 def line_residual(stats: Dict[str, Dict[str, tuple]], method: str, low: str = "dac",
