@@ -45,6 +45,11 @@ from r1lab.config import DACConfig
 from r1lab.routing import LOCAL, Route, RouteToken, top_indices
 
 
+# the switches of DAC's variant layers at the paper's values (docs/method.md sec. 12-13): a
+# layer that implements none of the variants refuses any other value
+PAPER_SWITCHES = (("router", "frozen"), ("selection", "batch"), ("merge_rule", "topm"), ("consolidate", 0.0))
+
+
 class BranchDropout(nn.Module):
     """Inverted dropout on the LoRA branch input, drop(x) = x * 1[u >= p] / (1 - p) with
     u ~ U(0, 1) per element (training only).
@@ -115,8 +120,7 @@ class ExpertPoolLinear(nn.Module):
     def check_config(cls, cfg: DACConfig) -> None:
         """The paper's layer has a frozen router and one vote per batch; a configuration that
         asks for a variant names the layer that implements it."""
-        for name, value in (("router", "frozen"), ("selection", "batch"), ("merge_rule", "topm"),
-                            ("consolidate", 0.0)):
+        for name, value in PAPER_SWITCHES:
             if cls is ExpertPoolLinear and getattr(cfg, name) != value:
                 raise ValueError(f"ExpertPoolLinear is the paper's layer ({name}={value!r}); "
                                  f"{name}={getattr(cfg, name)!r} is a variant: build the pool with "

@@ -57,6 +57,7 @@ from r1lab.config import DACConfig
 from r1lab.errors import ConfigError
 from r1lab.methods.lora import DensePool, LoRA
 from r1lab.methods.registry import register
+from r1lab.pool import PAPER_SWITCHES
 from r1lab.poolset import PoolSet
 from r1lab.routing import RouteToken
 
@@ -129,8 +130,7 @@ class InfLoRAPool(DensePool):
     def check_config(cls, cfg: DACConfig) -> None:
         """InfLoRA is plain LoRA's layer with a designed A: the switches of DAC's variant
         layers do not combine with it."""
-        for name, value in (("router", "frozen"), ("selection", "batch"), ("merge_rule", "topm"),
-                            ("consolidate", 0.0)):
+        for name, value in PAPER_SWITCHES:
             if getattr(cfg, name) != value:
                 raise ConfigError(f"inflora: {name}={getattr(cfg, name)!r} is a variant of DAC's "
                                   f"layer that InfLoRA does not combine with; use {name}={value!r}")

@@ -59,6 +59,7 @@ from r1lab.config import DACConfig
 from r1lab.errors import ConfigError
 from r1lab.methods.lora import DensePool, LoRA
 from r1lab.methods.registry import register
+from r1lab.pool import PAPER_SWITCHES
 from r1lab.poolset import PoolSet
 from r1lab.routing import Route
 
@@ -83,8 +84,7 @@ class SDLoRAPool(DensePool):
     def check_config(cls, cfg: DACConfig) -> None:
         """Every r component is composed and merged (k = m = r), alpha > 0, and none of the
         switches that select another layer."""
-        for name, value in (("top_k", cfg.rank), ("merge_k", cfg.rank), ("router", "frozen"),
-                            ("selection", "batch"), ("merge_rule", "topm"), ("consolidate", 0.0)):
+        for name, value in (("top_k", cfg.rank), ("merge_k", cfg.rank), *PAPER_SWITCHES):
             if getattr(cfg, name) != value:
                 raise ConfigError(f"sd-lora needs {name}={value!r}, got {getattr(cfg, name)!r}")
         if not cfg.alpha > 0:
